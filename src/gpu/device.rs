@@ -1,0 +1,170 @@
+//! Finding an adapter and opening a device on it.
+
+use std::fmt::Write as _;
+
+use anyhow::{bail, Context, Result};
+
+/// Which backend to use; `auto` prefers a real GPU over a software one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AdapterChoice {
+    #[default]
+    Auto,
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+impl AdapterChoice {
+    pub fn backends(self) -> wgpu::Backends {
+        match self {
+            AdapterChoice::Auto => wgpu::Backends::all(),
+            AdapterChoice::Vulkan => wgpu::Backends::VULKAN,
+            AdapterChoice::Metal => wgpu::Backends::METAL,
+            AdapterChoice::Dx12 => wgpu::Backends::DX12,
+            AdapterChoice::Gl => wgpu::Backends::GL,
+        }
+    }
+}
+
+/// How to get a software Vulkan driver; every "no adapter" message ends with it.
+pub const LAVAPIPE_HELP: &str = "On a Linux machine without a GPU, install Mesa's software Vulkan driver (lavapipe):\n    sudo apt-get install -y mesa-vulkan-drivers\nthen check with `vulkaninfo --summary` (package vulkan-tools) or `cvae adapters`.";
+
+/// Mesa prints "XDG_RUNTIME_DIR is invalid or not set" on headless machines.
+/// Point it at a private folder before any driver loads, so the user sees none of that.
+pub fn quiet_driver_noise() {
+    let ok = std::env::var_os("XDG_RUNTIME_DIR").map(|d| std::path::Path::new(&d).is_dir()).unwrap_or(false);
+    if ok {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cvae-runtime-{}", std::process::id()));
+    if std::fs::create_dir_all(&dir).is_ok() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
+        // Safe in practice: called at the start of main and of tests, before other threads read the environment.
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    }
+}
+
+pub fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu can see on the given backends.
+pub fn enumerate(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    quiet_driver_noise();
+    pollster::block_on(instance(backends).enumerate_adapters(backends))
+}
+
+pub fn describe(info: &wgpu::AdapterInfo) -> String {
+    let driver = match (info.driver.is_empty(), info.driver_info.is_empty()) {
+        (true, _) => "unknown driver".to_string(),
+        (false, true) => info.driver.clone(),
+        (false, false) => format!("{} {}", info.driver, info.driver_info),
+    };
+    format!("{} ({:?}, {:?}, {})", info.name, info.backend, info.device_type, driver)
+}
+
+/// A table of the adapters, or a message saying there are none and how to get one.
+pub fn adapters_report() -> (String, usize) {
+    let adapters = enumerate(wgpu::Backends::all());
+    if adapters.is_empty() {
+        return (format!("No GPU adapter found (looked on Vulkan, Metal, DX12 and GL).\n{LAVAPIPE_HELP}\n"), 0);
+    }
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<3} {:<40} {:<8} {:<14} driver", "#", "name", "backend", "type");
+    for (i, a) in adapters.iter().enumerate() {
+        let info = a.get_info();
+        let driver = format!("{} {}", info.driver, info.driver_info);
+        let _ = writeln!(
+            s,
+            "{:<3} {:<40} {:<8} {:<14} {}",
+            i,
+            info.name,
+            format!("{:?}", info.backend),
+            format!("{:?}", info.device_type),
+            driver.trim()
+        );
+    }
+    if let Some(best) = pick(adapters) {
+        let _ = writeln!(s, "\n`--adapter auto` would use: {}", describe(&best.get_info()));
+    }
+    (s, 1)
+}
+
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    // GL lacks compute features we like to have; prefer the native APIs.
+    let backend = if info.backend == wgpu::Backend::Gl { 1 } else { 0 };
+    (kind, backend)
+}
+
+fn pick(adapters: Vec<wgpu::Adapter>) -> Option<wgpu::Adapter> {
+    adapters.into_iter().min_by_key(|a| rank(&a.get_info()))
+}
+
+/// The device and queue the program computes on, with what the adapter offers.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+}
+
+impl Gpu {
+    /// Open a device on the best adapter of the chosen backend, asking for
+    /// nothing beyond wgpu's default limits, plus timestamp queries when present.
+    pub fn open(choice: AdapterChoice) -> Result<Gpu> {
+        let adapters = enumerate(choice.backends());
+        let Some(adapter) = pick(adapters) else {
+            let others = enumerate(wgpu::Backends::all());
+            let list = if others.is_empty() {
+                "none on any backend".to_string()
+            } else {
+                others.iter().map(|a| describe(&a.get_info())).collect::<Vec<_>>().join("; ")
+            };
+            bail!(
+                "no adapter for --adapter {choice:?} (adapters that exist: {list}).\n{LAVAPIPE_HELP}",
+                choice = format!("{choice:?}").to_lowercase()
+            );
+        };
+        let info = adapter.get_info();
+        let needed = wgpu::Limits::default();
+        let have = adapter.limits();
+        if let Some(missing) = missing_limits(&needed, &have) {
+            bail!("adapter {} is below wgpu's default limits, which cvae needs: {missing}", describe(&info));
+        }
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("cvae"),
+            required_features: features,
+            required_limits: needed.clone(),
+            ..Default::default()
+        }))
+        .with_context(|| format!("could not open a device on {}", describe(&info)))?;
+        Ok(Gpu { device, queue, info, features, limits: needed })
+    }
+
+    pub fn name(&self) -> String {
+        describe(&self.info)
+    }
+}
+
+/// Name every default limit the adapter falls short of, or None.
+fn missing_limits(needed: &wgpu::Limits, have: &wgpu::Limits) -> Option<String> {
+    let mut out = Vec::new();
+    needed.check_limits_with_fail_fn(have, false, |name, want, got| out.push(format!("{name}: need {want}, adapter has {got}")));
+    (!out.is_empty()).then(|| out.join(", "))
+}

@@ -1,0 +1,6 @@
+//! Everything that talks to wgpu: the device, the shader pipelines, buffers and
+//! the per-batch scheduler.
+
+pub mod device;
+
+pub use device::{AdapterChoice, Gpu};

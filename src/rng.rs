@@ -1,0 +1,147 @@
+//! The counter-based RNG shared by the CPU reference and the shaders.
+//!
+//! Every random number is a pure function of (seed, stream, step, index), so the
+//! GPU can draw element `i` of a batch's noise without any state, and the CPU
+//! reference draws exactly the same numbers. `shaders/rng.wgsl` is the twin of
+//! this file: change one, change both (the parity tests compare them).
+//!
+//! The bits come from `pcg4d` (Jarzynski & Olano, "Hash Functions for GPU
+//! Rendering", JCGT 2020): a 4 x u32 -> 4 x u32 hash made of wrapping multiplies,
+//! adds, xors and shifts only, so WGSL and Rust agree bit for bit.
+//!
+//! Input words: (seed low, seed high ^ stream tag, step, index).
+
+/// What a random number is for; each purpose has its own stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Stream {
+    /// Weight initialisation; `step` is unused (0).
+    Init = 1,
+    /// The reparameterisation noise of training step `step`.
+    Noise = 2,
+    /// The epoch's shuffle; `step` is the epoch.
+    Shuffle = 3,
+    /// The fixed latent vectors of the sample grids.
+    Samples = 4,
+    /// The noise of evaluation pass `step` (the epoch).
+    EvalNoise = 5,
+}
+
+/// The tag is placed in the high bits of the second word.
+pub const STREAM_SHIFT: u32 = 24;
+
+pub fn pcg4d(mut v: [u32; 4]) -> [u32; 4] {
+    for x in v.iter_mut() {
+        *x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+    }
+    mix(&mut v);
+    for x in v.iter_mut() {
+        *x ^= *x >> 16;
+    }
+    mix(&mut v);
+    v
+}
+
+fn mix(v: &mut [u32; 4]) {
+    v[0] = v[0].wrapping_add(v[1].wrapping_mul(v[3]));
+    v[1] = v[1].wrapping_add(v[2].wrapping_mul(v[0]));
+    v[2] = v[2].wrapping_add(v[0].wrapping_mul(v[1]));
+    v[3] = v[3].wrapping_add(v[1].wrapping_mul(v[2]));
+}
+
+/// A uniform in [0, 1) from the top 24 bits, exact in f32.
+pub fn u32_to_unit(x: u32) -> f32 {
+    (x >> 8) as f32 * (1.0 / 16_777_216.0)
+}
+
+/// Box-Muller on two hash words; u1 is in (0, 1] so the log is finite.
+/// Written with the operations WGSL has, in the same order as `rng.wgsl`.
+pub fn box_muller(a: u32, b: u32) -> f32 {
+    let u1 = ((a >> 8) + 1) as f32 * (1.0 / 16_777_216.0);
+    let u2 = u32_to_unit(b);
+    let r = (-2.0 * u1.ln()).sqrt();
+    r * (std::f32::consts::TAU * u2).cos()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rng {
+    pub seed: u64,
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng { seed }
+    }
+
+    /// The two key words the shaders receive.
+    pub fn key(&self, stream: Stream) -> [u32; 2] {
+        [self.seed as u32, ((self.seed >> 32) as u32) ^ ((stream as u32) << STREAM_SHIFT)]
+    }
+
+    pub fn bits(&self, stream: Stream, step: u32, index: u32) -> [u32; 4] {
+        let [k0, k1] = self.key(stream);
+        pcg4d([k0, k1, step, index])
+    }
+
+    pub fn uniform(&self, stream: Stream, step: u32, index: u32) -> f32 {
+        u32_to_unit(self.bits(stream, step, index)[0])
+    }
+
+    pub fn normal(&self, stream: Stream, step: u32, index: u32) -> f32 {
+        let v = self.bits(stream, step, index);
+        box_muller(v[0], v[1])
+    }
+
+    /// `n` standard normals of one step, element `i` at index `i`.
+    pub fn normals(&self, stream: Stream, step: u32, n: usize) -> Vec<f32> {
+        (0..n).map(|i| self.normal(stream, step, i as u32)).collect()
+    }
+
+    /// A uniformly random permutation of 0..n (Fisher-Yates), fixed by (seed, epoch).
+    pub fn permutation(&self, epoch: u32, n: usize) -> Vec<u32> {
+        let mut p: Vec<u32> = (0..n as u32).collect();
+        for i in (1..n).rev() {
+            let [a, b, _, _] = self.bits(Stream::Shuffle, epoch, i as u32);
+            // 64 random bits modulo (i + 1): bias below 2^-32 for our sizes.
+            let r = ((u64::from(a) << 32) | u64::from(b)) % (i as u64 + 1);
+            p.swap(i, r as usize);
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normals_have_unit_moments() {
+        let z = Rng::new(7).normals(Stream::Noise, 3, 200_000);
+        let n = z.len() as f64;
+        let mean = z.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = z.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        // Standard errors: 1/sqrt(n) = 0.0022 for the mean, sqrt(2/n) = 0.0032 for the variance.
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.015, "variance {var}");
+    }
+
+    #[test]
+    fn uniforms_are_in_range_and_streams_differ() {
+        let r = Rng::new(1);
+        let a: Vec<f32> = (0..1000).map(|i| r.uniform(Stream::Init, 0, i)).collect();
+        assert!(a.iter().all(|&u| (0.0..1.0).contains(&u)));
+        let b: Vec<f32> = (0..1000).map(|i| r.uniform(Stream::Noise, 0, i)).collect();
+        assert_ne!(a, b);
+        let mean = a.iter().sum::<f32>() / 1000.0;
+        assert!((mean - 0.5).abs() < 0.03, "mean {mean}");
+    }
+
+    #[test]
+    fn permutation_is_a_permutation() {
+        let p = Rng::new(3).permutation(0, 1000);
+        let mut s = p.clone();
+        s.sort();
+        assert_eq!(s, (0..1000).collect::<Vec<_>>());
+        assert_ne!(p, Rng::new(3).permutation(1, 1000));
+    }
+}

@@ -1,0 +1,94 @@
+//! Helpers shared by the test files: deterministic random data and error reports.
+#![allow(dead_code)]
+
+use cvae::rng::{Rng, Stream};
+
+/// Deterministic values in [-scale, scale), different for each `tag`.
+pub fn rand_vec(n: usize, tag: u32, scale: f32) -> Vec<f32> {
+    let r = Rng::new(0x5eed_0000 + tag as u64);
+    (0..n).map(|i| (2.0 * r.uniform(Stream::Init, tag, i as u32) - 1.0) * scale).collect()
+}
+
+/// Largest absolute and relative differences and where the worst one is.
+pub struct Diff {
+    pub max_abs: f64,
+    pub max_rel: f64,
+    pub worst: usize,
+    pub worst_got: f64,
+    pub worst_want: f64,
+}
+
+/// Compare element by element with `|got - want| <= atol + rtol * |want|`;
+/// returns the statistics and whether all passed.
+pub fn compare(got: &[f32], want: &[f32], atol: f64, rtol: f64) -> (Diff, bool) {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let mut d = Diff { max_abs: 0.0, max_rel: 0.0, worst: 0, worst_got: 0.0, worst_want: 0.0 };
+    let mut ok = true;
+    let mut worst_excess = f64::NEG_INFINITY;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g as f64, w as f64);
+        let abs = (g - w).abs();
+        let rel = abs / w.abs().max(1e-30);
+        if !g.is_finite() {
+            ok = false;
+        }
+        d.max_abs = d.max_abs.max(abs);
+        if w.abs() > atol {
+            d.max_rel = d.max_rel.max(rel);
+        }
+        let excess = abs - (atol + rtol * w.abs());
+        if excess > worst_excess || !g.is_finite() {
+            worst_excess = excess;
+            d.worst = i;
+            d.worst_got = g;
+            d.worst_want = w;
+        }
+        if excess > 0.0 {
+            ok = false;
+        }
+    }
+    (d, ok)
+}
+
+/// Assert closeness, printing max abs/rel error and the worst element on failure.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f64, rtol: f64) -> Diff {
+    let (d, ok) = compare(got, want, atol, rtol);
+    assert!(
+        ok,
+        "{what}: max abs error {:.3e}, max rel error {:.3e}; worst at index {}: got {} want {} (atol {atol:e}, rtol {rtol:e})",
+        d.max_abs, d.max_rel, d.worst, d.worst_got, d.worst_want
+    );
+    d
+}
+
+/// Central differences of `f` at `x` for every element (or every `stride`-th one).
+pub fn numeric_grad(f: &dyn Fn(&[f32]) -> f64, x: &[f32], h: f32, stride: usize) -> Vec<(usize, f32)> {
+    let mut xs = x.to_vec();
+    (0..x.len())
+        .step_by(stride.max(1))
+        .map(|i| {
+            let orig = xs[i];
+            xs[i] = orig + h;
+            let up = f(&xs);
+            xs[i] = orig - h;
+            let down = f(&xs);
+            xs[i] = orig;
+            // The step actually taken, after f32 rounding of x +- h.
+            let step = ((orig + h) as f64) - ((orig - h) as f64);
+            (i, ((up - down) / step) as f32)
+        })
+        .collect()
+}
+
+/// Check an analytic gradient against central differences.
+pub fn gradcheck(what: &str, f: &dyn Fn(&[f32]) -> f64, x: &[f32], analytic: &[f32], h: f32, stride: usize, atol: f64, rtol: f64) {
+    let num = numeric_grad(f, x, h, stride);
+    let got: Vec<f32> = num.iter().map(|&(i, _)| analytic[i]).collect();
+    let want: Vec<f32> = num.iter().map(|&(_, g)| g).collect();
+    assert_close(&format!("{what} (analytic vs central differences)"), &got, &want, atol, rtol);
+}
+
+/// f64 dot product, the scalar objective of the linear-op checks.
+pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
