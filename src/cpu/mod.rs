@@ -8,6 +8,7 @@ pub mod activation;
 pub mod conv2d;
 pub mod conv2d_transpose;
 pub mod dense;
+pub mod gather;
 pub mod kl;
 pub mod loss;
 pub mod optim;

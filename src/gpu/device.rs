@@ -168,3 +168,68 @@ fn missing_limits(needed: &wgpu::Limits, have: &wgpu::Limits) -> Option<String> 
     needed.check_limits_with_fail_fn(have, false, |name, want, got| out.push(format!("{name}: need {want}, adapter has {got}")));
     (!out.is_empty()).then(|| out.join(", "))
 }
+
+/// Usage of every tensor buffer: bound as storage, filled and read by copies.
+pub const TENSOR: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
+
+impl Gpu {
+    /// A storage buffer holding `data` (at least 4 bytes: empty bindings are invalid).
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let contents = if bytes.is_empty() { &[0u8; 4][..] } else { bytes };
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents, usage: TENSOR })
+    }
+
+    /// A zero-filled storage buffer of `n` f32.
+    pub fn zeros(&self, label: &str, n: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (n.max(1) * 4) as u64,
+            usage: TENSOR,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A uniform buffer that the host rewrites with `queue.write_buffer`.
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::bytes_of(value),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    /// Block until the queue is idle.
+    pub fn wait(&self) -> Result<()> {
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow::anyhow!("waiting for the GPU failed: {e}"))?;
+        Ok(())
+    }
+
+    /// Copy a buffer back to the host (blocking: tests, checkpoints, images; never per batch).
+    pub fn read<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer) -> Result<Vec<T>> {
+        let size = buf.size();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv().context("the GPU never answered the read-back")?.context("mapping the read-back buffer failed")?;
+        let out = {
+            let view = staging.slice(..).get_mapped_range().context("reading the mapped buffer")?;
+            bytemuck::cast_slice(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}

@@ -2,5 +2,7 @@
 //! the per-batch scheduler.
 
 pub mod device;
+pub mod kernels;
+pub mod ops;
 
 pub use device::{AdapterChoice, Gpu};

@@ -92,3 +92,47 @@ pub fn gradcheck(what: &str, f: &dyn Fn(&[f32]) -> f64, x: &[f32], analytic: &[f
 pub fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
+
+/// f32's unit roundoff.
+pub const U: f64 = 1.0 / 16_777_216.0;
+
+/// Assert |got - want| <= bound[i] for every element; on failure report the max
+/// absolute and relative errors and the worst element. Returns (max abs, max rel).
+pub fn assert_within(what: &str, got: &[f32], want: &[f32], bound: &[f64]) -> (f64, f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let (mut max_abs, mut max_rel, mut worst, mut worst_ratio) = (0.0f64, 0.0f64, 0usize, 0.0f64);
+    for i in 0..got.len() {
+        let (g, w) = (got[i] as f64, want[i] as f64);
+        let abs = if g.is_finite() { (g - w).abs() } else { f64::INFINITY };
+        max_abs = max_abs.max(abs);
+        if w != 0.0 {
+            max_rel = max_rel.max(abs / w.abs());
+        }
+        let ratio = abs / bound[i].max(1e-38);
+        if ratio > worst_ratio {
+            worst_ratio = ratio;
+            worst = i;
+        }
+    }
+    assert!(
+        worst_ratio <= 1.0,
+        "{what}: max abs error {max_abs:.3e}, max rel error {max_rel:.3e}; worst at index {worst}: got {} want {} (bound {:.3e}, {} elements)",
+        got[worst],
+        want[worst],
+        bound[worst],
+        got.len()
+    );
+    (max_abs, max_rel)
+}
+
+/// Bound for a sum of `k` products whose absolute values add up to `mag`:
+/// two different f32 summation orders (CPU and GPU, with or without FMA) each
+/// err by about sqrt(k) * u * mag (random-walk rounding; the worst case is k * u * mag).
+/// A factor 8 covers the spread of that estimate.
+pub fn dot_bound(k: usize, mag: &[f32]) -> Vec<f64> {
+    mag.iter().map(|&m| 8.0 * (k as f64).sqrt() * U * m as f64 + 1e-37).collect()
+}
+
+pub fn abs_vec(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| x.abs()).collect()
+}

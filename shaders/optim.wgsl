@@ -1,0 +1,46 @@
+// Optimizers over the flat parameter buffer, as Keras defines them. Twin of src/cpu/optim.rs.
+
+struct Optim {
+    n: u32, _p0: u32, _p1: u32, _p2: u32,
+    lr: f32, beta1: f32, beta2: f32, eps: f32,
+}
+
+// Per-step values; alpha is Adam's bias-corrected step size, computed on the host in f64.
+struct Step {
+    step: u32, batch_start: u32, loss_slot: u32, alpha: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Optim;
+@group(0) @binding(1) var<storage, read_write> params: array<f32>;
+@group(0) @binding(2) var<storage, read> grads: array<f32>;
+@group(0) @binding(3) var<storage, read_write> m: array<f32>;
+@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@group(0) @binding(5) var<uniform> s: Step;
+
+fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.y * nwg.x + wid.x) * 64u + lid.x;
+}
+
+// m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); p -= alpha m / (sqrt(v) + eps).
+@compute @workgroup_size(64)
+fn adam_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    if i >= p.n { return; }
+    let g = grads[i];
+    let mi = m[i] + (g - m[i]) * (1.0 - p.beta1);
+    let vi = v[i] + (g * g - v[i]) * (1.0 - p.beta2);
+    m[i] = mi;
+    v[i] = vi;
+    params[i] -= s.alpha * mi / (sqrt(vi) + p.eps);
+}
+
+// v = rho v + (1 - rho) g^2; p -= lr g / sqrt(v + eps). (rho travels in beta2.)
+@compute @workgroup_size(64)
+fn rmsprop_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    if i >= p.n { return; }
+    let g = grads[i];
+    let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
+    v[i] = vi;
+    params[i] -= p.lr * g / sqrt(vi + p.eps);
+}

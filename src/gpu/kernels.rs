@@ -1,0 +1,181 @@
+//! The shader files, their pipelines, and dispatches.
+//!
+//! One pipeline per entry point serves every layer of every preset: shapes and
+//! offsets travel in a uniform buffer at binding 0. Which other bindings an entry
+//! point uses is read from the shader itself with naga, so a launcher passes the
+//! buffers it has by binding number and a missing one is an error, not a crash.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use wgpu::util::DeviceExt;
+
+use super::Gpu;
+
+/// Every shader file, by name (`shaders/<name>.wgsl`).
+pub const SHADER_FILES: [(&str, &str); 10] = [
+    ("activation", include_str!("../../shaders/activation.wgsl")),
+    ("conv2d", include_str!("../../shaders/conv2d.wgsl")),
+    ("conv2d_transpose", include_str!("../../shaders/conv2d_transpose.wgsl")),
+    ("dense", include_str!("../../shaders/dense.wgsl")),
+    ("gather", include_str!("../../shaders/gather.wgsl")),
+    ("kl", include_str!("../../shaders/kl.wgsl")),
+    ("loss", include_str!("../../shaders/loss.wgsl")),
+    ("optim", include_str!("../../shaders/optim.wgsl")),
+    ("reparam", include_str!("../../shaders/reparam.wgsl")),
+    ("rng", include_str!("../../shaders/rng.wgsl")),
+];
+
+/// Files that draw random numbers get `rng.wgsl` prepended (WGSL has no include).
+const NEEDS_RNG: [&str; 1] = ["reparam"];
+
+/// Threads per workgroup of every 1-D kernel (the `@workgroup_size(64)` in the shaders).
+pub const WORKGROUP: u32 = 64;
+/// wgpu's default `max_compute_workgroups_per_dimension`.
+pub const MAX_GROUPS_PER_DIM: u32 = 65535;
+
+/// The WGSL source handed to the device for one file, with its library prepended.
+pub fn composed_source(name: &str) -> Option<String> {
+    let (_, src) = SHADER_FILES.iter().find(|(n, _)| *n == name)?;
+    let rng = SHADER_FILES.iter().find(|(n, _)| *n == "rng").map(|(_, s)| *s).unwrap_or_default();
+    Some(if NEEDS_RNG.contains(&name) { format!("{rng}\n{src}") } else { src.to_string() })
+}
+
+/// Parse and validate one composed file with naga.
+pub fn naga_module(name: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+    let src = composed_source(name).ok_or_else(|| anyhow!("no shader file named {name}"))?;
+    let module =
+        naga::front::wgsl::parse_str(&src).map_err(|e| anyhow!("shaders/{name}.wgsl does not parse:\n{}", e.emit_to_string(&src)))?;
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+        .validate(&module)
+        .map_err(|e| anyhow!("shaders/{name}.wgsl does not validate:\n{}", e.emit_to_string(&src)))?;
+    Ok((module, info))
+}
+
+pub struct Kernel {
+    pub file: &'static str,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    /// Bindings (other than the uniform at 0) that the entry point uses.
+    pub bindings: Vec<u32>,
+}
+
+pub struct Kernels {
+    map: HashMap<String, Kernel>,
+}
+
+impl Kernels {
+    /// Build a pipeline for every entry point of every shader file.
+    pub fn new(gpu: &Gpu) -> Result<Kernels> {
+        let mut map = HashMap::new();
+        for (file, _) in SHADER_FILES {
+            let (module, info) = naga_module(file)?;
+            if module.entry_points.is_empty() {
+                continue;
+            }
+            let src = composed_source(file).expect("listed file");
+            let shader = gpu
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(file), source: wgpu::ShaderSource::Wgsl(src.into()) });
+            for (i, ep) in module.entry_points.iter().enumerate() {
+                let uses = info.get_entry_point(i);
+                let mut bindings: Vec<u32> = module
+                    .global_variables
+                    .iter()
+                    .filter(|(h, _)| !uses[*h].is_empty())
+                    .filter_map(|(_, var)| var.binding.as_ref().map(|b| b.binding))
+                    .filter(|&b| b != 0)
+                    .collect();
+                bindings.sort_unstable();
+                let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&ep.name),
+                    layout: None,
+                    module: &shader,
+                    entry_point: Some(&ep.name),
+                    compilation_options: Default::default(),
+                    cache: None,
+                });
+                let layout = pipeline.get_bind_group_layout(0);
+                map.insert(ep.name.clone(), Kernel { file, pipeline, layout, bindings });
+            }
+        }
+        Ok(Kernels { map })
+    }
+
+    pub fn get(&self, entry: &str) -> Result<&Kernel> {
+        self.map.get(entry).ok_or_else(|| anyhow!("no shader entry point named {entry}"))
+    }
+
+    pub fn entry_points(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(|s| s.as_str())
+    }
+
+    /// A dispatch of `entry` over `threads` invocations (64 per workgroup).
+    pub fn dispatch(&self, gpu: &Gpu, entry: &str, uniform: &[u8], buffers: &[(u32, &wgpu::Buffer)], threads: usize) -> Result<Dispatch> {
+        self.dispatch_groups(gpu, entry, uniform, buffers, threads.div_ceil(WORKGROUP as usize))
+    }
+
+    /// A dispatch of `entry` over `groups` workgroups (for one-workgroup-per-item kernels).
+    pub fn dispatch_groups(
+        &self,
+        gpu: &Gpu,
+        entry: &str,
+        uniform: &[u8],
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: usize,
+    ) -> Result<Dispatch> {
+        let k = self.get(entry)?;
+        let groups = u32::try_from(groups.max(1)).map_err(|_| anyhow!("{entry}: {groups} workgroups is too many"))?;
+        let grid = if groups <= MAX_GROUPS_PER_DIM { [groups, 1, 1] } else { [MAX_GROUPS_PER_DIM, groups.div_ceil(MAX_GROUPS_PER_DIM), 1] };
+        if grid[1] > MAX_GROUPS_PER_DIM {
+            bail!("{entry}: {groups} workgroups exceed the device's {MAX_GROUPS_PER_DIM} x {MAX_GROUPS_PER_DIM} grid; use a smaller batch");
+        }
+        let ubuf = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(entry),
+            contents: uniform,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
+        for &b in &k.bindings {
+            let buf = buffers
+                .iter()
+                .find(|(n, _)| *n == b)
+                .map(|(_, buf)| *buf)
+                .with_context(|| format!("{entry} (shaders/{}.wgsl) needs a buffer at binding {b}", k.file))?;
+            entries.push(wgpu::BindGroupEntry { binding: b, resource: buf.as_entire_binding() });
+        }
+        let bind_group =
+            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(entry), layout: &k.layout, entries: &entries });
+        Ok(Dispatch { entry: entry.to_string(), bind_group, grid, _uniform: ubuf })
+    }
+
+    /// Record dispatches into one compute pass.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) -> Result<()> {
+        for d in dispatches {
+            let k = self.get(&d.entry)?;
+            pass.set_pipeline(&k.pipeline);
+            pass.set_bind_group(0, &d.bind_group, &[]);
+            pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
+        }
+        Ok(())
+    }
+
+    /// Record, submit and wait: for tests and one-off work, never inside the batch loop.
+    pub fn run_now(&self, gpu: &Gpu, dispatches: &[Dispatch]) -> Result<()> {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            self.record(&mut pass, dispatches)?;
+        }
+        gpu.queue.submit([enc.finish()]);
+        gpu.wait()
+    }
+}
+
+/// One dispatch, ready to record: its entry point, bind group and grid.
+pub struct Dispatch {
+    pub entry: String,
+    pub bind_group: wgpu::BindGroup,
+    pub grid: [u32; 3],
+    _uniform: wgpu::Buffer,
+}

@@ -1,0 +1,448 @@
+//! Launchers: one Rust function per WGSL entry point, with the same name as the
+//! entry point and as its CPU twin in `src/cpu/`. Each returns a `Dispatch` to
+//! record; none of them submits. The uniform structs mirror the shaders' exactly.
+
+use anyhow::Result;
+use bytemuck::{bytes_of, Pod, Zeroable};
+
+use super::kernels::{Dispatch, Kernels};
+use super::Gpu;
+use crate::model::ConvGeom;
+
+/// Sizes and offsets as the shaders see them. The trainer checks every size against
+/// the device's limits before building any dispatch, so this cannot overflow there.
+fn u(x: usize) -> u32 {
+    u32::try_from(x).expect("tensor sizes are checked to fit in u32 before dispatch")
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct ConvUniform {
+    pub batch: u32,
+    pub in_h: u32,
+    pub in_w: u32,
+    pub in_c: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub out_c: u32,
+    pub k_h: u32,
+    pub k_w: u32,
+    pub stride: u32,
+    pub pad_top: u32,
+    pub pad_left: u32,
+    pub w_off: u32,
+    pub b_off: u32,
+    pub relu: u32,
+    pub _pad: u32,
+}
+
+impl ConvUniform {
+    pub fn new(g: &ConvGeom, w: Weights<'_>, relu: bool) -> Self {
+        ConvUniform {
+            batch: u(g.batch),
+            in_h: u(g.in_h),
+            in_w: u(g.in_w),
+            in_c: u(g.in_c),
+            out_h: u(g.out_h),
+            out_w: u(g.out_w),
+            out_c: u(g.out_c),
+            k_h: u(g.k_h),
+            k_w: u(g.k_w),
+            stride: u(g.stride),
+            pad_top: u(g.pad_top),
+            pad_left: u(g.pad_left),
+            w_off: u(w.w_off),
+            b_off: u(w.b_off),
+            relu: relu as u32,
+            _pad: 0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct DenseUniform {
+    pub batch: u32,
+    pub inputs: u32,
+    pub outputs: u32,
+    pub w_off: u32,
+    pub b_off: u32,
+    pub relu: u32,
+    pub _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct ActUniform {
+    pub rows: u32,
+    pub channels: u32,
+    pub b_off: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct LossUniform {
+    pub batch: u32,
+    pub pixels: u32,
+    pub _pad: [u32; 2],
+    pub grad_scale: f32,
+    pub recon_scale: f32,
+    pub inv_batch: f32,
+    pub _pad2: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct KlUniform {
+    pub batch: u32,
+    pub latent: u32,
+    pub _pad: [u32; 2],
+    pub scale: f32,
+    pub kl_scale: f32,
+    pub _pad2: [f32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct ReparamUniform {
+    pub batch: u32,
+    pub latent: u32,
+    pub key0: u32,
+    pub key1: u32,
+}
+
+/// Per-step values the host writes before each step's submission.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct StepUniform {
+    /// The noise counter (training steps done so far).
+    pub step: u32,
+    /// Where this batch starts in the epoch's shuffled order.
+    pub batch_start: u32,
+    /// Where `loss_reduce` writes this batch's loss.
+    pub loss_slot: u32,
+    /// Adam's bias-corrected step size for this step.
+    pub alpha: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct OptimUniform {
+    pub n: u32,
+    pub _pad: [u32; 3],
+    pub lr: f32,
+    /// Adam's beta1 (unused by RMSprop).
+    pub beta1: f32,
+    /// Adam's beta2, or RMSprop's rho.
+    pub beta2: f32,
+    pub eps: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct GatherUniform {
+    pub batch: u32,
+    pub pixels: u32,
+    pub binarize: u32,
+    pub _pad: u32,
+}
+
+/// A layer's weights: the flat parameter buffer and where its kernel and bias start.
+#[derive(Clone, Copy)]
+pub struct Weights<'a> {
+    pub params: &'a wgpu::Buffer,
+    pub w_off: usize,
+    pub b_off: usize,
+}
+
+/// The launchers, bound to a device and its pipelines.
+pub struct Ops<'a> {
+    pub gpu: &'a Gpu,
+    pub k: &'a Kernels,
+}
+
+impl Ops<'_> {
+    pub fn conv2d_forward(&self, g: &ConvGeom, x: &wgpu::Buffer, w: Weights<'_>, relu: bool, y: &wgpu::Buffer) -> Result<Dispatch> {
+        let u = ConvUniform::new(g, w, relu);
+        self.k.dispatch(self.gpu, "conv2d_forward", bytes_of(&u), &[(1, x), (2, w.params), (3, y)], g.out_len())
+    }
+    pub fn conv2d_backward_input(&self, g: &ConvGeom, dy: &wgpu::Buffer, w: Weights<'_>, dx: &wgpu::Buffer) -> Result<Dispatch> {
+        let u = ConvUniform::new(g, w, false);
+        self.k.dispatch(self.gpu, "conv2d_backward_input", bytes_of(&u), &[(2, w.params), (4, dy), (5, dx)], g.in_len())
+    }
+    /// Writes the kernel gradient at `w_off` of `grads` (overwriting).
+    pub fn conv2d_backward_kernel(&self, g: &ConvGeom, x: &wgpu::Buffer, dy: &wgpu::Buffer, grads: Weights<'_>) -> Result<Dispatch> {
+        let u = ConvUniform::new(g, grads, false);
+        self.k.dispatch(self.gpu, "conv2d_backward_kernel", bytes_of(&u), &[(1, x), (4, dy), (6, grads.params)], g.kernel_len())
+    }
+    pub fn conv2d_transpose_forward(
+        &self,
+        g: &ConvGeom,
+        x: &wgpu::Buffer,
+        w: Weights<'_>,
+        relu: bool,
+        y: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let u = ConvUniform::new(g, w, relu);
+        self.k.dispatch(self.gpu, "conv2d_transpose_forward", bytes_of(&u), &[(1, x), (2, w.params), (3, y)], g.out_len())
+    }
+    pub fn conv2d_transpose_backward_input(&self, g: &ConvGeom, dy: &wgpu::Buffer, w: Weights<'_>, dx: &wgpu::Buffer) -> Result<Dispatch> {
+        let u = ConvUniform::new(g, w, false);
+        self.k.dispatch(self.gpu, "conv2d_transpose_backward_input", bytes_of(&u), &[(2, w.params), (4, dy), (5, dx)], g.in_len())
+    }
+    pub fn conv2d_transpose_backward_kernel(
+        &self,
+        g: &ConvGeom,
+        x: &wgpu::Buffer,
+        dy: &wgpu::Buffer,
+        grads: Weights<'_>,
+    ) -> Result<Dispatch> {
+        let u = ConvUniform::new(g, grads, false);
+        self.k.dispatch(self.gpu, "conv2d_transpose_backward_kernel", bytes_of(&u), &[(1, x), (4, dy), (6, grads.params)], g.kernel_len())
+    }
+
+    fn dense_uniform(batch: usize, inputs: usize, outputs: usize, w: Weights<'_>, relu: bool) -> DenseUniform {
+        DenseUniform {
+            batch: u(batch),
+            inputs: u(inputs),
+            outputs: u(outputs),
+            w_off: u(w.w_off),
+            b_off: u(w.b_off),
+            relu: relu as u32,
+            _pad: [0; 2],
+        }
+    }
+    pub fn dense_forward(
+        &self,
+        batch: usize,
+        inputs: usize,
+        outputs: usize,
+        x: &wgpu::Buffer,
+        w: Weights<'_>,
+        relu: bool,
+        y: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let u = Self::dense_uniform(batch, inputs, outputs, w, relu);
+        self.k.dispatch(self.gpu, "dense_forward", bytes_of(&u), &[(1, x), (2, w.params), (3, y)], batch * outputs)
+    }
+    pub fn dense_backward_input(
+        &self,
+        batch: usize,
+        inputs: usize,
+        outputs: usize,
+        dy: &wgpu::Buffer,
+        w: Weights<'_>,
+        dx: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let u = Self::dense_uniform(batch, inputs, outputs, w, false);
+        self.k.dispatch(self.gpu, "dense_backward_input", bytes_of(&u), &[(2, w.params), (4, dy), (5, dx)], batch * inputs)
+    }
+    pub fn dense_backward_kernel(
+        &self,
+        batch: usize,
+        inputs: usize,
+        outputs: usize,
+        x: &wgpu::Buffer,
+        dy: &wgpu::Buffer,
+        grads: Weights<'_>,
+    ) -> Result<Dispatch> {
+        let u = Self::dense_uniform(batch, inputs, outputs, grads, false);
+        self.k.dispatch(self.gpu, "dense_backward_kernel", bytes_of(&u), &[(1, x), (4, dy), (6, grads.params)], inputs * outputs)
+    }
+
+    /// In place on `dy`: zero where the layer output `y` is not positive.
+    pub fn relu_backward(&self, n: usize, y: &wgpu::Buffer, dy: &wgpu::Buffer) -> Result<Dispatch> {
+        let u = ActUniform { rows: u(n), channels: 1, b_off: 0, _pad: 0 };
+        self.k.dispatch(self.gpu, "relu_backward", bytes_of(&u), &[(1, y), (2, dy)], n)
+    }
+    /// grads[b_off + c] = sum over rows of dy[row, c]; one workgroup per channel.
+    pub fn bias_backward(&self, rows: usize, channels: usize, dy: &wgpu::Buffer, grads: &wgpu::Buffer, b_off: usize) -> Result<Dispatch> {
+        let u = ActUniform { rows: u(rows), channels: u(channels), b_off: u(b_off), _pad: 0 };
+        self.k.dispatch_groups(self.gpu, "bias_backward", bytes_of(&u), &[(3, dy), (4, grads)], channels)
+    }
+
+    fn loss_uniform(batch: usize, pixels: usize, recon_scale: f32) -> LossUniform {
+        LossUniform {
+            batch: u(batch),
+            pixels: u(pixels),
+            _pad: [0; 2],
+            grad_scale: recon_scale / batch as f32,
+            recon_scale,
+            inv_batch: 1.0 / batch as f32,
+            _pad2: 0.0,
+        }
+    }
+    /// One workgroup per example.
+    pub fn sigmoid_cross_entropy_forward(
+        &self,
+        batch: usize,
+        pixels: usize,
+        logits: &wgpu::Buffer,
+        targets: &wgpu::Buffer,
+        ce: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let u = Self::loss_uniform(batch, pixels, 1.0);
+        self.k.dispatch_groups(self.gpu, "sigmoid_cross_entropy_forward", bytes_of(&u), &[(1, logits), (2, targets), (3, ce)], batch)
+    }
+    /// dlogits = recon_scale / batch * (sigmoid(logits) - targets).
+    pub fn sigmoid_cross_entropy_backward(
+        &self,
+        batch: usize,
+        pixels: usize,
+        recon_scale: f32,
+        logits: &wgpu::Buffer,
+        targets: &wgpu::Buffer,
+        dlogits: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let u = Self::loss_uniform(batch, pixels, recon_scale);
+        self.k.dispatch(
+            self.gpu,
+            "sigmoid_cross_entropy_backward",
+            bytes_of(&u),
+            &[(1, logits), (2, targets), (4, dlogits)],
+            batch * pixels,
+        )
+    }
+    /// losses[step.loss_slot] = mean over examples of recon_scale * ce + kl.
+    pub fn loss_reduce(
+        &self,
+        batch: usize,
+        recon_scale: f32,
+        ce: &wgpu::Buffer,
+        kl: &wgpu::Buffer,
+        losses: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let u = Self::loss_uniform(batch, 1, recon_scale);
+        self.k.dispatch_groups(self.gpu, "loss_reduce", bytes_of(&u), &[(5, kl), (6, losses), (7, step), (8, ce)], 1)
+    }
+
+    fn kl_uniform(batch: usize, latent: usize, scale: f32, kl_scale: f32) -> KlUniform {
+        KlUniform { batch: u(batch), latent: u(latent), _pad: [0; 2], scale, kl_scale, _pad2: [0.0; 2] }
+    }
+    pub fn kl_mc_forward(&self, batch: usize, latent: usize, enc: &wgpu::Buffer, z: &wgpu::Buffer, kl: &wgpu::Buffer) -> Result<Dispatch> {
+        let u = Self::kl_uniform(batch, latent, 0.0, 0.0);
+        self.k.dispatch(self.gpu, "kl_mc_forward", bytes_of(&u), &[(1, enc), (2, z), (5, kl)], batch)
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub fn kl_mc_backward(
+        &self,
+        batch: usize,
+        latent: usize,
+        scale: f32,
+        dz: &wgpu::Buffer,
+        enc: &wgpu::Buffer,
+        eps: &wgpu::Buffer,
+        z: &wgpu::Buffer,
+        denc: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let u = Self::kl_uniform(batch, latent, scale, 0.0);
+        self.k.dispatch(self.gpu, "kl_mc_backward", bytes_of(&u), &[(1, enc), (2, z), (3, eps), (4, dz), (6, denc)], batch * latent)
+    }
+    pub fn kl_analytic_forward(
+        &self,
+        batch: usize,
+        latent: usize,
+        kl_scale: f32,
+        enc: &wgpu::Buffer,
+        kl: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let u = Self::kl_uniform(batch, latent, 0.0, kl_scale);
+        self.k.dispatch(self.gpu, "kl_analytic_forward", bytes_of(&u), &[(1, enc), (5, kl)], batch)
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub fn kl_analytic_backward(
+        &self,
+        batch: usize,
+        latent: usize,
+        kl_scale: f32,
+        scale: f32,
+        dz: &wgpu::Buffer,
+        enc: &wgpu::Buffer,
+        eps: &wgpu::Buffer,
+        denc: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let u = Self::kl_uniform(batch, latent, scale, kl_scale);
+        self.k.dispatch(self.gpu, "kl_analytic_backward", bytes_of(&u), &[(1, enc), (3, eps), (4, dz), (6, denc)], batch * latent)
+    }
+
+    /// z and eps for step `step.step` of the stream with key `key` (see `Rng::key`).
+    pub fn reparameterize(
+        &self,
+        batch: usize,
+        latent: usize,
+        key: [u32; 2],
+        enc: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+        z: &wgpu::Buffer,
+        eps: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let u = ReparamUniform { batch: u(batch), latent: u(latent), key0: key[0], key1: key[1] };
+        self.k.dispatch(self.gpu, "reparameterize", bytes_of(&u), &[(1, enc), (2, z), (3, eps), (4, step)], batch * latent)
+    }
+    /// The raw RNG stream (bits as 4 x u32 and normals) of indices 0..n, for tests.
+    pub fn rng_stream(
+        &self,
+        n: usize,
+        key: [u32; 2],
+        step: &wgpu::Buffer,
+        bits: &wgpu::Buffer,
+        normals: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let u = ReparamUniform { batch: u(n), latent: 1, key0: key[0], key1: key[1] };
+        self.k.dispatch(self.gpu, "rng_stream", bytes_of(&u), &[(3, normals), (4, step), (5, bits)], n)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn adam_update(
+        &self,
+        n: usize,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        params: &wgpu::Buffer,
+        grads: &wgpu::Buffer,
+        m: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let u = OptimUniform { n: u(n), _pad: [0; 3], lr: 0.0, beta1, beta2, eps };
+        self.k.dispatch(self.gpu, "adam_update", bytes_of(&u), &[(1, params), (2, grads), (3, m), (4, v), (5, step)], n)
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsprop_update(
+        &self,
+        n: usize,
+        lr: f32,
+        rho: f32,
+        eps: f32,
+        params: &wgpu::Buffer,
+        grads: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let u = OptimUniform { n: u(n), _pad: [0; 3], lr, beta1: 0.0, beta2: rho, eps };
+        self.k.dispatch(self.gpu, "rmsprop_update", bytes_of(&u), &[(1, params), (2, grads), (4, v)], n)
+    }
+
+    /// x = the preprocessed images order[step.batch_start ..][..batch] of the packed byte set.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gather_images(
+        &self,
+        batch: usize,
+        pixels: usize,
+        binarize: bool,
+        images: &wgpu::Buffer,
+        order: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let u = GatherUniform { batch: u(batch), pixels: u(pixels), binarize: binarize as u32, _pad: 0 };
+        self.k.dispatch(self.gpu, "gather_images", bytes_of(&u), &[(1, images), (2, order), (3, x), (4, step)], batch * pixels)
+    }
+}
+
+/// Bytes packed four to a u32, little-endian, as `gather.wgsl` unpacks them.
+pub fn pack_bytes(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks(4).map(|c| c.iter().enumerate().fold(0u32, |w, (i, &b)| w | (u32::from(b) << (8 * i)))).collect()
+}
