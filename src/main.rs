@@ -7,7 +7,9 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use cvae::data::Dataset;
 use cvae::gpu::device;
-use cvae::model::{Model, Preset};
+use cvae::gpu::AdapterChoice;
+use cvae::model::{KlKind, Model, Preset};
+use cvae::train::{self, RunOptions, TrainConfig};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +40,8 @@ enum Command {
         #[arg(long)]
         latent_dim: Option<usize>,
     },
+    /// Train a preset on the GPU: test-set ELBO per epoch, sample grids, a curve, checkpoints, a GIF.
+    Train(TrainArgs),
     /// Load a data set and print what it holds (checks the files).
     Data {
         /// A folder with the four MNIST-format IDX files, gzipped or raw (default: the built-in MNIST).
@@ -46,8 +50,80 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Which reference model: tf-cvae (TensorFlow's CVAE tutorial) or keras-vae (2-D latent).
+    #[arg(long, value_enum, default_value_t = Preset::TfCvae)]
+    preset: Preset,
+    /// Number of epochs (the reference program trains 100).
+    #[arg(long, default_value_t = 100)]
+    epochs: u32,
+    /// Size of the latent space [default: 50 for tf-cvae, 2 for keras-vae].
+    #[arg(long)]
+    latent_dim: Option<usize>,
+    /// Images per training step [default: 100 for tf-cvae, 16 for keras-vae].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Learning rate [default: Adam 1e-4 for tf-cvae, RMSprop 1e-3 for keras-vae].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// One seed fixes initialisation, shuffling and noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A folder with the four MNIST-format IDX files, gzipped or raw [default: the built-in MNIST].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The run folder [default: runs/<UTC timestamp>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Use only the first N training images (quick runs).
+    #[arg(long)]
+    train_size: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    test_size: Option<usize>,
+    /// The KL term: single-sample Monte Carlo (the TF tutorial) or closed form [default: mc for tf-cvae, analytic for keras-vae].
+    #[arg(long, value_enum)]
+    kl: Option<KlKind>,
+    /// Keep grayscale pixels instead of binarizing at 0.5.
+    #[arg(long)]
+    no_binarize: bool,
+    /// GPU backend; auto prefers a real GPU over a software one.
+    #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
+    adapter: AdapterChoice,
+    /// Continue the run in this folder from its last checkpoint (its saved config is used; --epochs may extend it).
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    resume: Option<PathBuf>,
+    /// Write into a folder that already holds a run, replacing it.
+    #[arg(long)]
+    force: bool,
+    /// No progress bar and no per-epoch lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Train(a) => {
+            let config = TrainConfig {
+                preset: a.preset,
+                latent_dim: a.latent_dim.unwrap_or(a.preset.default_latent()),
+                batch_size: a.batch_size.unwrap_or(a.preset.default_batch()),
+                epochs: a.epochs,
+                lr: a.lr.unwrap_or(a.preset.default_optimizer().lr()),
+                seed: a.seed,
+                kl: a.kl.unwrap_or(a.preset.default_kl()),
+                binarize: !a.no_binarize,
+                train_size: a.train_size.unwrap_or(usize::MAX),
+                test_size: a.test_size.unwrap_or(usize::MAX),
+                data_dir: a.data_dir,
+            };
+            let resume = a.resume.is_some();
+            let out = a.resume.or(a.out).unwrap_or_else(train::default_out_dir);
+            let opts = RunOptions { out, adapter: a.adapter, quiet: a.quiet, resume, force: a.force };
+            train::run(config, &opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Adapters => {
             let (report, count) = device::adapters_report();
             print!("{report}");

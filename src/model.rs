@@ -287,7 +287,8 @@ pub struct ParamTensor {
     pub glorot: Option<(usize, usize)>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Preset {
     /// TensorFlow's CVAE tutorial: latent 50, Adam 1e-4, batch 100.
     TfCvae,
@@ -363,7 +364,8 @@ impl Optimizer {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum KlKind {
     /// Single-sample Monte Carlo: log q(z|x) - log p(z) at the sampled z (the TF tutorial).
     Mc,

@@ -4,5 +4,6 @@
 pub mod device;
 pub mod kernels;
 pub mod ops;
+pub mod trainer;
 
 pub use device::{AdapterChoice, Gpu};

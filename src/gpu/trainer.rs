@@ -1,0 +1,518 @@
+//! The per-batch scheduler: every buffer the model needs on the GPU, and the
+//! dispatch lists of one training step, one evaluation batch and one decode, built
+//! once from the model description. It reads like the CPU reference's
+//! `vae::forward` / `vae::backward` / `optimizer_step`.
+//!
+//! Per step the host writes one small uniform (step number, batch start, loss slot,
+//! Adam's step size), records the prebuilt dispatches into one compute pass and
+//! submits. Nothing is read back inside the batch loop: each batch's loss goes to
+//! its own slot of a GPU buffer that is read once per epoch.
+
+use anyhow::{bail, Result};
+
+use super::kernels::{Dispatch, Kernels};
+use super::ops::{pack_bytes, Ops, StepUniform, Weights};
+use super::Gpu;
+use crate::cpu::optim::adam_alpha;
+use crate::data::Split;
+use crate::model::{Activation, KlKind, Layer, LayerInfo, Model, Optimizer};
+use crate::rng::{Rng, Stream};
+
+/// How many submissions may be queued before the host waits for the oldest:
+/// enough to keep the device busy, few enough to bound queued memory.
+const IN_FLIGHT: usize = 3;
+
+/// Activations and their gradients: one buffer per distinct tensor (Flatten and
+/// Reshape alias their input), indexed by layer.
+struct Net {
+    bufs: Vec<wgpu::Buffer>,
+    grads: Vec<wgpu::Buffer>,
+    /// enc[0] is the input x; enc[i + 1] the output of encoder layer i.
+    enc: Vec<usize>,
+    /// dec[0] is z; dec[i + 1] the output of decoder layer i (the last is the logits).
+    dec: Vec<usize>,
+}
+
+impl Net {
+    fn new(gpu: &Gpu, model: &Model, cap: usize) -> Net {
+        let mut bufs = Vec::new();
+        let mut grads = Vec::new();
+        let mut alloc = |label: &str, per_example: usize| {
+            bufs.push(gpu.zeros(label, cap * per_example));
+            grads.push(gpu.zeros(&format!("d_{label}"), cap * per_example));
+            bufs.len() - 1
+        };
+        let mut enc = vec![alloc("x", model.image.len())];
+        for l in &model.encoder {
+            let id = if matches!(l.layer, Layer::Flatten | Layer::Reshape { .. }) {
+                *enc.last().expect("input")
+            } else {
+                alloc(&format!("encoder.{}", l.name), l.output.len())
+            };
+            enc.push(id);
+        }
+        let mut dec = vec![alloc("z", model.latent)];
+        for l in &model.decoder {
+            let id = if matches!(l.layer, Layer::Flatten | Layer::Reshape { .. }) {
+                *dec.last().expect("input")
+            } else {
+                alloc(&format!("decoder.{}", l.name), l.output.len())
+            };
+            dec.push(id);
+        }
+        Net { bufs, grads, enc, dec }
+    }
+}
+
+/// Where the batch comes from: which packed image set, which order, which step uniform.
+#[derive(Clone, Copy)]
+enum Source {
+    Train,
+    Test,
+}
+
+pub struct Trainer<'a> {
+    pub gpu: &'a Gpu,
+    pub kernels: &'a Kernels,
+    pub model: &'a Model,
+    pub opt: Optimizer,
+    pub batch: usize,
+    pub rng: Rng,
+    pub binarize: bool,
+    pub params: wgpu::Buffer,
+    pub grads: wgpu::Buffer,
+    /// Optimizer state: Adam's m and v, or RMSprop's v.
+    pub slots: Vec<wgpu::Buffer>,
+    train_images: wgpu::Buffer,
+    train_order: wgpu::Buffer,
+    test_images: wgpu::Buffer,
+    test_order: wgpu::Buffer,
+    pub train_len: usize,
+    pub test_len: usize,
+    step_buf: wgpu::Buffer,
+    eval_step_buf: wgpu::Buffer,
+    train_losses: wgpu::Buffer,
+    eval_losses: wgpu::Buffer,
+    eps: wgpu::Buffer,
+    ce: wgpu::Buffer,
+    kl: wgpu::Buffer,
+    fixed_z: wgpu::Buffer,
+    pub fixed_count: usize,
+    net: Net,
+    train_full: Vec<Dispatch>,
+    train_tail: Vec<Dispatch>,
+    eval_full: Vec<Dispatch>,
+    eval_tail: Vec<Dispatch>,
+    decode_fixed: Vec<Dispatch>,
+    /// Training steps done so far (the noise counter and Adam's t).
+    pub step: u64,
+    in_flight: std::collections::VecDeque<wgpu::SubmissionIndex>,
+}
+
+impl<'a> Trainer<'a> {
+    /// Upload the data and the initial state, and build every dispatch list.
+    /// `fixed_z` are the latent vectors of the sample grids ([count, latent]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: &'a Gpu,
+        kernels: &'a Kernels,
+        model: &'a Model,
+        opt: Optimizer,
+        batch: usize,
+        seed: u64,
+        binarize: bool,
+        train: &Split,
+        test: &Split,
+        params: &[f32],
+        fixed_z: &[f32],
+    ) -> Result<Trainer<'a>> {
+        if batch == 0 {
+            bail!("the batch size must be at least 1");
+        }
+        if train.is_empty() || test.is_empty() {
+            bail!("the training and test sets must each hold at least one image (got {} and {})", train.len(), test.len());
+        }
+        let fixed_count = fixed_z.len() / model.latent;
+        let cap = batch.max(fixed_count);
+        check_limits(gpu, model, cap, train)?;
+        let rng = Rng::new(seed);
+        let net = Net::new(gpu, model, cap);
+        let steps_per_epoch = train.len().div_ceil(batch);
+        let eval_batches = test.len().div_ceil(batch);
+        let identity: Vec<u32> = (0..test.len() as u32).collect();
+        let mut t = Trainer {
+            gpu,
+            kernels,
+            model,
+            opt,
+            batch,
+            rng,
+            binarize,
+            params: gpu.upload("params", params),
+            grads: gpu.zeros("grads", model.num_params),
+            slots: (0..opt.state_slots()).map(|i| gpu.zeros(&format!("optimizer slot {i}"), model.num_params)).collect(),
+            train_images: gpu.upload("train images", &pack_bytes(&train.images)),
+            train_order: gpu.zeros("train order", train.len()),
+            test_images: gpu.upload("test images", &pack_bytes(&test.images)),
+            test_order: gpu.upload("test order", &identity),
+            train_len: train.len(),
+            test_len: test.len(),
+            step_buf: gpu.uniform("step", &StepUniform::default()),
+            eval_step_buf: gpu.uniform("eval step", &StepUniform::default()),
+            train_losses: gpu.zeros("train losses", steps_per_epoch),
+            eval_losses: gpu.zeros("eval losses", eval_batches),
+            eps: gpu.zeros("eps", cap * model.latent),
+            ce: gpu.zeros("ce", cap),
+            kl: gpu.zeros("kl", cap),
+            fixed_z: gpu.upload("fixed z", fixed_z),
+            fixed_count,
+            net,
+            train_full: Vec::new(),
+            train_tail: Vec::new(),
+            eval_full: Vec::new(),
+            eval_tail: Vec::new(),
+            decode_fixed: Vec::new(),
+            step: 0,
+            in_flight: Default::default(),
+        };
+        t.train_full = t.build_train(batch)?;
+        let tail = train.len() % batch;
+        t.train_tail = if tail > 0 { t.build_train(tail)? } else { Vec::new() };
+        t.eval_full = t.build_eval(batch)?;
+        let tail = test.len() % batch;
+        t.eval_tail = if tail > 0 { t.build_eval(tail)? } else { Vec::new() };
+        t.decode_fixed = if fixed_count > 0 { t.build_decode(fixed_count)? } else { Vec::new() };
+        Ok(t)
+    }
+
+    fn ops(&self) -> Ops<'a> {
+        Ops { gpu: self.gpu, k: self.kernels }
+    }
+
+    fn weights<'b>(&self, buf: &'b wgpu::Buffer, l: &LayerInfo) -> Weights<'b> {
+        let k = l.kernel_param.expect("layer with weights");
+        Weights { params: buf, w_off: self.model.params[k].offset, b_off: self.model.params[k + 1].offset }
+    }
+
+    fn layer_forward(&self, l: &LayerInfo, n: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<Option<Dispatch>> {
+        let o = self.ops();
+        let relu = l.activation() == Activation::Relu;
+        Ok(Some(match l.layer {
+            Layer::Conv2D { .. } => o.conv2d_forward(&l.conv_geom(n).expect("conv"), x, self.weights(&self.params, l), relu, y)?,
+            Layer::Conv2DTranspose { .. } => {
+                o.conv2d_transpose_forward(&l.conv_geom(n).expect("conv"), x, self.weights(&self.params, l), relu, y)?
+            }
+            Layer::Dense { units, .. } => o.dense_forward(n, l.input.len(), units, x, self.weights(&self.params, l), relu, y)?,
+            Layer::Flatten | Layer::Reshape { .. } => return Ok(None),
+        }))
+    }
+
+    /// Backward through one layer: ReLU mask (in place on dy), kernel and bias
+    /// gradients into `grads`, and dx when asked.
+    fn layer_backward(
+        &self,
+        l: &LayerInfo,
+        n: usize,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        dy: &wgpu::Buffer,
+        dx: Option<&wgpu::Buffer>,
+    ) -> Result<Vec<Dispatch>> {
+        let o = self.ops();
+        let mut d = Vec::new();
+        if matches!(l.layer, Layer::Flatten | Layer::Reshape { .. }) {
+            return Ok(d);
+        }
+        if l.activation() == Activation::Relu {
+            d.push(o.relu_backward(n * l.output.len(), y, dy)?);
+        }
+        let gw = self.weights(&self.grads, l);
+        let w = self.weights(&self.params, l);
+        match l.layer {
+            Layer::Conv2D { .. } | Layer::Conv2DTranspose { .. } => {
+                let g = l.conv_geom(n).expect("conv");
+                let transpose = matches!(l.layer, Layer::Conv2DTranspose { .. });
+                d.push(if transpose {
+                    o.conv2d_transpose_backward_kernel(&g, x, dy, gw)?
+                } else {
+                    o.conv2d_backward_kernel(&g, x, dy, gw)?
+                });
+                d.push(o.bias_backward(n * g.out_h * g.out_w, g.out_c, dy, &self.grads, gw.b_off)?);
+                if let Some(dx) = dx {
+                    d.push(if transpose {
+                        o.conv2d_transpose_backward_input(&g, dy, w, dx)?
+                    } else {
+                        o.conv2d_backward_input(&g, dy, w, dx)?
+                    });
+                }
+            }
+            Layer::Dense { units, .. } => {
+                let inputs = l.input.len();
+                d.push(o.dense_backward_kernel(n, inputs, units, x, dy, gw)?);
+                d.push(o.bias_backward(n, units, dy, &self.grads, gw.b_off)?);
+                if let Some(dx) = dx {
+                    d.push(o.dense_backward_input(n, inputs, units, dy, w, dx)?);
+                }
+            }
+            Layer::Flatten | Layer::Reshape { .. } => unreachable!("returned above"),
+        }
+        Ok(d)
+    }
+
+    /// Encoder, reparameterisation, decoder, loss terms and the batch loss into
+    /// `losses[step.loss_slot]`.
+    fn build_forward(&self, n: usize, source: Source, losses: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
+        let o = self.ops();
+        let m = self.model;
+        let net = &self.net;
+        let (images, order, step, stream) = match source {
+            Source::Train => (&self.train_images, &self.train_order, &self.step_buf, Stream::Noise),
+            Source::Test => (&self.test_images, &self.test_order, &self.eval_step_buf, Stream::EvalNoise),
+        };
+        let pixels = m.image.len();
+        let x = &net.bufs[net.enc[0]];
+        let mut d = vec![o.gather_images(n, pixels, self.binarize, images, order, step, x)?];
+        for (i, l) in m.encoder.iter().enumerate() {
+            d.extend(self.layer_forward(l, n, &net.bufs[net.enc[i]], &net.bufs[net.enc[i + 1]])?);
+        }
+        let enc_out = &net.bufs[*net.enc.last().expect("encoder")];
+        let z = &net.bufs[net.dec[0]];
+        d.push(o.reparameterize(n, m.latent, self.rng.key(stream), enc_out, step, z, &self.eps)?);
+        for (i, l) in m.decoder.iter().enumerate() {
+            d.extend(self.layer_forward(l, n, &net.bufs[net.dec[i]], &net.bufs[net.dec[i + 1]])?);
+        }
+        let logits = &net.bufs[*net.dec.last().expect("decoder")];
+        d.push(o.sigmoid_cross_entropy_forward(n, pixels, logits, x, &self.ce)?);
+        d.push(match m.loss.kl {
+            KlKind::Mc => o.kl_mc_forward(n, m.latent, enc_out, z, &self.kl)?,
+            KlKind::Analytic => o.kl_analytic_forward(n, m.latent, m.loss.kl_scale, enc_out, &self.kl)?,
+        });
+        d.push(o.loss_reduce(n, m.loss.recon_scale, &self.ce, &self.kl, losses, step)?);
+        Ok(d)
+    }
+
+    /// One training step on a batch of `n`: forward, loss, backward, optimizer.
+    fn build_train(&self, n: usize) -> Result<Vec<Dispatch>> {
+        let o = self.ops();
+        let m = self.model;
+        let net = &self.net;
+        let mut d = self.build_forward(n, Source::Train, &self.train_losses)?;
+        let x = &net.bufs[net.enc[0]];
+        let logits_id = *net.dec.last().expect("decoder");
+        d.push(o.sigmoid_cross_entropy_backward(n, m.image.len(), m.loss.recon_scale, &net.bufs[logits_id], x, &net.grads[logits_id])?);
+        for (i, l) in m.decoder.iter().enumerate().rev() {
+            let (xi, yi) = (net.dec[i], net.dec[i + 1]);
+            d.extend(self.layer_backward(l, n, &net.bufs[xi], &net.bufs[yi], &net.grads[yi], Some(&net.grads[xi]))?);
+        }
+        let enc_id = *net.enc.last().expect("encoder");
+        let z_id = net.dec[0];
+        let scale = 1.0 / n as f32;
+        d.push(match m.loss.kl {
+            KlKind::Mc => {
+                o.kl_mc_backward(n, m.latent, scale, &net.grads[z_id], &net.bufs[enc_id], &self.eps, &net.bufs[z_id], &net.grads[enc_id])?
+            }
+            KlKind::Analytic => o.kl_analytic_backward(
+                n,
+                m.latent,
+                m.loss.kl_scale,
+                scale,
+                &net.grads[z_id],
+                &net.bufs[enc_id],
+                &self.eps,
+                &net.grads[enc_id],
+            )?,
+        });
+        for (i, l) in m.encoder.iter().enumerate().rev() {
+            let (xi, yi) = (net.enc[i], net.enc[i + 1]);
+            // The first layer's input is the data: no gradient needed there.
+            let dx = (xi != net.enc[0]).then(|| &net.grads[xi]);
+            d.extend(self.layer_backward(l, n, &net.bufs[xi], &net.bufs[yi], &net.grads[yi], dx)?);
+        }
+        d.push(match self.opt {
+            Optimizer::Adam { beta1, beta2, eps, .. } => {
+                o.adam_update(m.num_params, beta1, beta2, eps, &self.params, &self.grads, &self.slots[0], &self.slots[1], &self.step_buf)?
+            }
+            Optimizer::RmsProp { lr, rho, eps } => {
+                o.rmsprop_update(m.num_params, lr, rho, eps, &self.params, &self.grads, &self.slots[0])?
+            }
+        });
+        Ok(d)
+    }
+
+    fn build_eval(&self, n: usize) -> Result<Vec<Dispatch>> {
+        self.build_forward(n, Source::Test, &self.eval_losses)
+    }
+
+    /// The decoder alone on the fixed latent vectors; the logits land in the decoder's last buffer.
+    fn build_decode(&self, n: usize) -> Result<Vec<Dispatch>> {
+        let net = &self.net;
+        let mut d = Vec::new();
+        for (i, l) in self.model.decoder.iter().enumerate() {
+            let x = if i == 0 { &self.fixed_z } else { &net.bufs[net.dec[i]] };
+            d.extend(self.layer_forward(l, n, x, &net.bufs[net.dec[i + 1]])?);
+        }
+        Ok(d)
+    }
+
+    fn submit(&mut self, dispatches: &[Dispatch]) -> Result<()> {
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            self.kernels.record(&mut pass, dispatches)?;
+        }
+        let idx = self.gpu.queue.submit([enc.finish()]);
+        self.in_flight.push_back(idx);
+        // Flow control, not a read-back: wait only for a submission several steps old.
+        while self.in_flight.len() > IN_FLIGHT {
+            let oldest = self.in_flight.pop_front().expect("non-empty");
+            self.gpu
+                .device
+                .poll(wgpu::PollType::Wait { submission_index: Some(oldest), timeout: None })
+                .map_err(|e| anyhow::anyhow!("the GPU stopped responding: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn steps_per_epoch(&self) -> usize {
+        self.train_len.div_ceil(self.batch)
+    }
+
+    /// Start an epoch: upload its shuffled order (a pure function of seed and epoch).
+    pub fn begin_epoch(&mut self, epoch: u32) {
+        let order = self.rng.permutation(epoch, self.train_len);
+        self.gpu.queue.write_buffer(&self.train_order, 0, bytemuck::cast_slice(&order));
+    }
+
+    /// Queue training step `j` of the epoch (batch j of the shuffled order). Returns its batch size.
+    pub fn train_step(&mut self, j: usize) -> Result<usize> {
+        let start = j * self.batch;
+        let n = self.batch.min(self.train_len - start);
+        let alpha = match self.opt {
+            Optimizer::Adam { lr, beta1, beta2, .. } => adam_alpha(lr, beta1, beta2, self.step + 1),
+            Optimizer::RmsProp { .. } => 0.0,
+        };
+        let s = StepUniform { step: self.step as u32, batch_start: start as u32, loss_slot: j as u32, alpha };
+        self.gpu.queue.write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&s));
+        let list = if n == self.batch { std::mem::take(&mut self.train_full) } else { std::mem::take(&mut self.train_tail) };
+        let r = self.submit(&list);
+        if n == self.batch {
+            self.train_full = list;
+        } else {
+            self.train_tail = list;
+        }
+        r?;
+        self.step += 1;
+        Ok(n)
+    }
+
+    /// The batch losses of the epoch so far (blocking read, once per epoch).
+    pub fn read_train_losses(&self, steps: usize) -> Result<Vec<f32>> {
+        let mut v: Vec<f32> = self.gpu.read(&self.train_losses)?;
+        v.truncate(steps);
+        Ok(v)
+    }
+
+    /// The mean loss over the whole test set, with the evaluation noise of `epoch`
+    /// (stream EvalNoise, step epoch * batches + j for batch j). Blocking.
+    pub fn evaluate(&mut self, epoch: u32) -> Result<f64> {
+        let batches = self.test_len.div_ceil(self.batch);
+        for j in 0..batches {
+            let start = j * self.batch;
+            let s = StepUniform { step: epoch * batches as u32 + j as u32, batch_start: start as u32, loss_slot: j as u32, alpha: 0.0 };
+            self.gpu.queue.write_buffer(&self.eval_step_buf, 0, bytemuck::bytes_of(&s));
+            let full = self.batch.min(self.test_len - start) == self.batch;
+            let list = if full { std::mem::take(&mut self.eval_full) } else { std::mem::take(&mut self.eval_tail) };
+            let r = self.submit(&list);
+            if full {
+                self.eval_full = list;
+            } else {
+                self.eval_tail = list;
+            }
+            r?;
+        }
+        let mut losses: Vec<f32> = self.gpu.read(&self.eval_losses)?;
+        losses.truncate(batches);
+        // Weight each batch by its size: the mean over examples.
+        let total: f64 = losses.iter().enumerate().map(|(j, &l)| l as f64 * self.batch.min(self.test_len - j * self.batch) as f64).sum();
+        Ok(total / self.test_len as f64)
+    }
+
+    /// Decode the fixed latent vectors; returns their pixel probabilities [count, pixels].
+    pub fn decode_fixed(&mut self) -> Result<Vec<f32>> {
+        let list = std::mem::take(&mut self.decode_fixed);
+        let r = self.submit(&list);
+        self.decode_fixed = list;
+        r?;
+        let logits_id = *self.net.dec.last().expect("decoder");
+        let mut v: Vec<f32> = self.gpu.read(&self.net.bufs[logits_id])?;
+        v.truncate(self.fixed_count * self.model.image.len());
+        Ok(v.into_iter().map(crate::cpu::loss::sigmoid).collect())
+    }
+
+    /// Parameters and optimizer state, read back (blocking: checkpoints and tests).
+    pub fn read_state(&self) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let n = self.model.num_params;
+        let mut p: Vec<f32> = self.gpu.read(&self.params)?;
+        p.truncate(n);
+        let mut slots = Vec::new();
+        for s in &self.slots {
+            let mut v: Vec<f32> = self.gpu.read(s)?;
+            v.truncate(n);
+            slots.push(v);
+        }
+        Ok((p, slots))
+    }
+
+    /// Restore parameters, optimizer state and the step count (resume).
+    pub fn write_state(&mut self, params: &[f32], slots: &[Vec<f32>], step: u64) -> Result<()> {
+        if params.len() != self.model.num_params || slots.len() != self.slots.len() || slots.iter().any(|s| s.len() != params.len()) {
+            bail!("the saved state does not fit the model ({} parameters, {} optimizer slots)", self.model.num_params, self.slots.len());
+        }
+        self.gpu.queue.write_buffer(&self.params, 0, bytemuck::cast_slice(params));
+        for (b, s) in self.slots.iter().zip(slots) {
+            self.gpu.queue.write_buffer(b, 0, bytemuck::cast_slice(s));
+        }
+        self.step = step;
+        Ok(())
+    }
+
+    /// The gradient of the last step (tests).
+    pub fn read_grads(&self) -> Result<Vec<f32>> {
+        let mut g: Vec<f32> = self.gpu.read(&self.grads)?;
+        g.truncate(self.model.num_params);
+        Ok(g)
+    }
+
+    /// Wait for all queued work.
+    pub fn finish(&mut self) -> Result<()> {
+        self.in_flight.clear();
+        self.gpu.wait()
+    }
+}
+
+/// Check, before any dispatch, that every buffer and grid fits the device's limits.
+fn check_limits(gpu: &Gpu, model: &Model, cap: usize, train: &Split) -> Result<()> {
+    let max_binding = gpu.limits.max_storage_buffer_binding_size;
+    let mut largest = ("the packed training images", train.images.len().div_ceil(4) as u64 * 4);
+    for l in model.layers() {
+        let bytes = (cap * l.output.len() * 4) as u64;
+        if bytes > largest.1 {
+            largest = ("a layer's activations", bytes);
+        }
+    }
+    if largest.1 > max_binding {
+        bail!("{} need {} bytes at batch {cap}, over the device's max_storage_buffer_binding_size of {max_binding}; use a smaller --batch-size or --train-size", largest.0, largest.1);
+    }
+    // Every index a shader computes must fit in u32.
+    if (cap as u64) * (model.image.len() as u64) >= u32::MAX as u64 / 4 || train.images.len() as u64 >= u32::MAX as u64 {
+        bail!("batch {cap} is too large for 32-bit indexing");
+    }
+    // Workgroup grids: at most 65535 x 65535 workgroups of 64.
+    let max_threads = 65535u64 * 65535 * 64;
+    for l in model.layers() {
+        if (cap * l.output.len()) as u64 > max_threads {
+            bail!("batch {cap} needs more workgroups than max_compute_workgroups_per_dimension allows");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! `cvae train`: the reference training program on the GPU, epoch by epoch, with
+//! the test-set ELBO, sample grids, a curve, checkpoints and a GIF in a run folder.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::data::Dataset;
+use crate::gpu::kernels::Kernels;
+use crate::gpu::trainer::Trainer;
+use crate::gpu::{AdapterChoice, Gpu};
+use crate::images;
+use crate::model::{KlKind, Model, Optimizer, Preset};
+use crate::rng::{Rng, Stream};
+
+/// How many fixed latent vectors the epoch grids show (4 x 4, as the reference).
+pub const GRID: usize = 16;
+
+/// Everything that defines a run; saved as `config.json` and in every checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub preset: Preset,
+    pub latent_dim: usize,
+    pub batch_size: usize,
+    pub epochs: u32,
+    pub lr: f32,
+    pub seed: u64,
+    pub kl: KlKind,
+    pub binarize: bool,
+    /// Images used from each split (all of them by default).
+    pub train_size: usize,
+    pub test_size: usize,
+    /// `--data-dir`, or None for the built-in MNIST.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl TrainConfig {
+    pub fn model(&self) -> Result<Model> {
+        Ok(Model::preset(self.preset, self.latent_dim, self.kl)?)
+    }
+    pub fn optimizer(&self) -> Optimizer {
+        self.preset.default_optimizer().with_lr(self.lr)
+    }
+    /// Check the numbers a user can get wrong, before any work.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1, got 0");
+        }
+        if self.latent_dim == 0 {
+            bail!("--latent-dim must be at least 1, got 0");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        if self.epochs == 0 {
+            bail!("--epochs must be at least 1, got 0");
+        }
+        if self.train_size == 0 || self.test_size == 0 {
+            bail!("--train-size and --test-size must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Where and how to run.
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub adapter: AdapterChoice,
+    pub quiet: bool,
+    /// Continue from the checkpoint in `out`.
+    pub resume: bool,
+    /// Allow writing into a folder that already holds a run.
+    pub force: bool,
+}
+
+/// The result of a run, for callers and tests.
+pub struct RunSummary {
+    pub last_elbo: f64,
+    pub epochs_done: u32,
+}
+
+const METRICS: &str = "metrics.csv";
+
+pub fn default_out_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    PathBuf::from("runs").join(format_utc(secs))
+}
+
+/// YYYYMMDD-HHMMSS in UTC, without a date crate.
+fn format_utc(secs: u64) -> String {
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    // Civil-from-days (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn say(quiet: bool, msg: &str) {
+    if !quiet {
+        eprintln!("{msg}");
+    }
+}
+
+/// Train (or resume) a run. Prints one line per epoch as the reference program does.
+pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+    let out = &opts.out;
+    // Resume: the saved config rules, except the number of epochs.
+    let (config, resumed) = if opts.resume {
+        let ck = checkpoint::load(out).with_context(|| format!("cannot resume from {}", out.display()))?;
+        let mut c = ck.config.clone();
+        c.epochs = config.epochs.max(ck.epoch);
+        (c, Some(ck))
+    } else {
+        prepare_out_dir(out, opts.force)?;
+        (config, None)
+    };
+    let mut config = config;
+    config.validate()?;
+    let model = config.model()?;
+    let opt = config.optimizer();
+
+    let data = Dataset::load(config.data_dir.as_deref())?;
+    let (mut train, mut test) = (data.train, data.test);
+    if config.train_size > train.len() && config.train_size != usize::MAX {
+        bail!("--train-size {} is more than the {} training images in {}", config.train_size, train.len(), data.source);
+    }
+    if config.test_size > test.len() && config.test_size != usize::MAX {
+        bail!("--test-size {} is more than the {} test images in {}", config.test_size, test.len(), data.source);
+    }
+    train.truncate(config.train_size);
+    test.truncate(config.test_size);
+    // Record the sizes actually used (the default means "all").
+    config.train_size = train.len();
+    config.test_size = test.len();
+    if (train.rows * train.cols) != model.image.len() {
+        bail!("{} holds {}x{} images; the {} preset needs 28x28", data.source, train.rows, train.cols, config.preset);
+    }
+
+    let gpu = Gpu::open(opts.adapter)?;
+    say(opts.quiet, &format!("adapter: {}", gpu.name()));
+    say(
+        opts.quiet,
+        &format!(
+            "model: {} ({} parameters), {} training and {} test images from {}",
+            config.preset,
+            model.num_params,
+            train.len(),
+            test.len(),
+            data.source
+        ),
+    );
+    let kernels = Kernels::new(&gpu)?;
+    let rng = Rng::new(config.seed);
+    let fixed_z = rng.normals(Stream::Samples, 0, GRID * model.latent);
+    let init = match &resumed {
+        Some(ck) => ck.params.clone(),
+        None => model.init_params(config.seed),
+    };
+    let mut trainer =
+        Trainer::new(&gpu, &kernels, &model, opt, config.batch_size, config.seed, config.binarize, &train, &test, &init, &fixed_z)?;
+    let start_epoch = match &resumed {
+        Some(ck) => {
+            trainer.write_state(&ck.params, &ck.slots, ck.step)?;
+            say(opts.quiet, &format!("resuming {} after epoch {} (step {})", out.display(), ck.epoch, ck.step));
+            ck.epoch + 1
+        }
+        None => {
+            std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&config)? + "\n")
+                .with_context(|| format!("cannot write {}", out.join("config.json").display()))?;
+            std::fs::write(out.join(METRICS), "epoch,train_loss,test_elbo,seconds,images_per_second\n")
+                .with_context(|| format!("cannot write {}", out.join(METRICS).display()))?;
+            save_grid(&mut trainer, out, 0)?;
+            1
+        }
+    };
+
+    let mut last_elbo = f64::NAN;
+    let steps = trainer.steps_per_epoch();
+    for epoch in start_epoch..=config.epochs {
+        let bar = progress_bar(opts.quiet, train.len() as u64, epoch, config.epochs);
+        let t0 = Instant::now();
+        trainer.begin_epoch(epoch);
+        for j in 0..steps {
+            let n = trainer.train_step(j)?;
+            bar.inc(n as u64);
+        }
+        // The one read of the epoch: every batch's loss (waits for the GPU to finish).
+        let losses = trainer.read_train_losses(steps)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        if let Some(j) = losses.iter().position(|l| !l.is_finite()) {
+            bail!("the training loss became {} at epoch {epoch}, batch {j} (step {}); stopped without writing a checkpoint for this epoch (try a smaller --lr)", losses[j], (trainer.step - steps as u64) + j as u64);
+        }
+        let train_loss = weighted_mean(&losses, train.len(), config.batch_size);
+        let elbo = -trainer.evaluate(epoch)?;
+        last_elbo = elbo;
+        let images_per_second = train.len() as f64 / seconds;
+        if !opts.quiet {
+            println!("Epoch: {epoch}, Test set ELBO: {elbo:.4}, time elapse for current epoch: {seconds:.3}");
+        }
+        append_metrics(out, epoch, train_loss, elbo, seconds, images_per_second)?;
+        save_grid(&mut trainer, out, epoch)?;
+        plot_elbo(out)?;
+        let (params, slots) = trainer.read_state()?;
+        let ck = Checkpoint { config: config.clone(), epoch, step: trainer.step, params, slots };
+        checkpoint::save(&out.join(checkpoint::FILE), &model, &opt, &ck)?;
+    }
+    trainer.finish()?;
+    let frames = images::write_gif(out, &out.join("cvae.gif"))?;
+    say(
+        opts.quiet,
+        &format!("wrote {} ({} frames), {}, {} and {} in {}", "cvae.gif", frames, METRICS, "elbo.png", checkpoint::FILE, out.display()),
+    );
+    Ok(RunSummary { last_elbo, epochs_done: config.epochs })
+}
+
+/// Mean over examples of per-batch means (the last batch may be smaller).
+fn weighted_mean(losses: &[f32], total: usize, batch: usize) -> f64 {
+    losses.iter().enumerate().map(|(j, &l)| l as f64 * batch.min(total - j * batch) as f64).sum::<f64>() / total as f64
+}
+
+fn prepare_out_dir(out: &Path, force: bool) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("--out {} is a file, not a folder", out.display());
+    }
+    if out.join(checkpoint::FILE).exists() && !force {
+        bail!(
+            "{} already holds a run (checkpoint.safetensors); use --resume {} to continue it, --force to overwrite it, or another --out",
+            out.display(),
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create the run folder {}", out.display()))?;
+    // Probe that it is writable before training for an epoch.
+    let probe = out.join(".cvae-write-test");
+    std::fs::write(&probe, b"").with_context(|| format!("the run folder {} is not writable", out.display()))?;
+    let _ = std::fs::remove_file(probe);
+    if force {
+        for f in images::epoch_images(out)? {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+    Ok(())
+}
+
+fn save_grid(trainer: &mut Trainer<'_>, out: &Path, epoch: u32) -> Result<()> {
+    let probs = trainer.decode_fixed()?;
+    let (h, w) = match trainer.model.image {
+        crate::model::Shape::Image { h, w, .. } => (h, w),
+        crate::model::Shape::Flat(n) => (1, n),
+    };
+    let img = images::grid(&probs, trainer.fixed_count, h, w, 4, 4, 2);
+    images::save_png(&out.join(format!("image_at_epoch_{epoch:04}.png")), &image::DynamicImage::ImageLuma8(img))
+}
+
+fn append_metrics(out: &Path, epoch: u32, train_loss: f64, elbo: f64, seconds: f64, ips: f64) -> Result<()> {
+    let path = out.join(METRICS);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(f, "{epoch},{train_loss:.6},{elbo:.6},{seconds:.3},{ips:.1}").with_context(|| format!("cannot write {}", path.display()))?;
+    f.sync_all().ok();
+    Ok(())
+}
+
+/// Read metrics.csv back: (epoch, train loss, test ELBO) per row.
+pub fn read_metrics(out: &Path) -> Result<Vec<(u32, f64, f64)>> {
+    let path = out.join(METRICS);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let parse = || -> Option<(u32, f64, f64)> { Some((f.first()?.parse().ok()?, f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?)) };
+        rows.push(parse().with_context(|| format!("{}: line {} is not epoch,train_loss,test_elbo,...", path.display(), i + 1))?);
+    }
+    Ok(rows)
+}
+
+fn plot_elbo(out: &Path) -> Result<()> {
+    let rows = read_metrics(out)?;
+    let points: Vec<(f64, f64)> = rows.iter().map(|&(e, _, elbo)| (e as f64, elbo)).collect();
+    images::line_plot(&out.join("elbo.png"), "Test set ELBO", "epoch", "ELBO (nats)", &points)
+}
+
+fn progress_bar(quiet: bool, len: u64, epoch: u32, epochs: u32) -> indicatif::ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} images, {per_sec}, ETA {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("epoch {epoch}/{epochs}"));
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_format() {
+        assert_eq!(super::format_utc(0), "19700101-000000");
+        assert_eq!(super::format_utc(1_795_000_000), "20261118-110640");
+        assert_eq!(super::format_utc(951_782_400), "20000229-000000");
+    }
+}
