@@ -27,8 +27,8 @@ var<workgroup> partial: array<f32, 64>;
 
 // grads[b_off + c] = sum over rows of dy_in[row, c]; one workgroup per channel.
 // Each invocation sums a strided share of the rows and a fixed tree adds the 64
-// partial sums, so the order is deterministic and no loop runs more than rows / 64
-// times (llvmpipe stops any single loop after 65535 iterations).
+// partial sums, so the order is deterministic and no invocation loops more than
+// rows / 64 times (llvmpipe stops looping after 65535 iterations per invocation).
 @compute @workgroup_size(64)
 fn bias_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let c = wid.y * nwg.x + wid.x;

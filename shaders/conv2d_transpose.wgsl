@@ -10,7 +10,8 @@ struct Conv {
     batch: u32, in_h: u32, in_w: u32, in_c: u32,
     out_h: u32, out_w: u32, out_c: u32, k_h: u32,
     k_w: u32, stride: u32, pad_top: u32, pad_left: u32,
-    w_off: u32, b_off: u32, relu: u32, _pad: u32,
+    w_off: u32, b_off: u32, relu: u32, bias: u32,
+    slice_images: u32, slices: u32, _p0: u32, _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Conv;
@@ -19,7 +20,7 @@ struct Conv {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> dy: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;
-@group(0) @binding(6) var<storage, read_write> grads: array<f32>;
+@group(0) @binding(16) var<storage, read_write> part_out: array<f32>;
 
 fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * 64u + lid.x;
@@ -95,19 +96,26 @@ fn conv2d_transpose_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @built
     dx[idx] = acc;
 }
 
-// dkernel[i, j, f, c] = sum over batch and inputs of dy[tap] * x, into grads[w_off].
+// Partial kernel gradients of slice s of the batch: part[s][i, j, f, c] = sum over
+// the slice's images and inputs of dy[tap] * x; conv2d_backward_kernel_reduce
+// (conv2d.wgsl) adds the slices. Slicing keeps an invocation under llvmpipe's
+// budget of 65535 loop iterations (all loops together).
 @compute @workgroup_size(64)
 fn conv2d_transpose_backward_kernel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let len = p.k_h * p.k_w * p.out_c * p.in_c;
     let idx = linear_id(wid, nwg, lid);
-    if idx >= p.k_h * p.k_w * p.out_c * p.in_c { return; }
-    let c = idx % p.in_c;
-    var r = idx / p.in_c;
+    if idx >= len * p.slices { return; }
+    let s = idx / len;
+    let e = idx % len;
+    let c = e % p.in_c;
+    var r = e / p.in_c;
     let f = r % p.out_c;
     r = r / p.out_c;
     let j = r % p.k_w;
     let i = r / p.k_w;
     var acc = 0.0;
-    for (var b = 0u; b < p.batch; b++) {
+    let b_end = min((s + 1u) * p.slice_images, p.batch);
+    for (var b = s * p.slice_images; b < b_end; b++) {
         for (var iy = 0u; iy < p.in_h; iy++) {
             let oy = tap(iy, i, p.pad_top, p.out_h);
             if oy < 0 { continue; }
@@ -118,5 +126,5 @@ fn conv2d_transpose_backward_kernel(@builtin(workgroup_id) wid: vec3<u32>, @buil
             }
         }
     }
-    grads[p.w_off + idx] = acc;
+    part_out[idx] = acc;
 }

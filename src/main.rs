@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use cvae::bench;
 use cvae::data::Dataset;
 use cvae::gpu::device;
+use cvae::gpu::ops::Variant;
 use cvae::gpu::AdapterChoice;
 use cvae::model::{KlKind, Model, Preset};
 use cvae::train::{self, RunOptions, TrainConfig};
@@ -42,6 +44,8 @@ enum Command {
     },
     /// Train a preset on the GPU: test-set ELBO per epoch, sample grids, a curve, checkpoints, a GIF.
     Train(TrainArgs),
+    /// Time training steps and every kernel; compare with the adapter's ceiling.
+    Bench(BenchCli),
     /// Load a data set and print what it holds (checks the files).
     Data {
         /// A folder with the four MNIST-format IDX files, gzipped or raw (default: the built-in MNIST).
@@ -102,8 +106,58 @@ struct TrainArgs {
     quiet: bool,
 }
 
+#[derive(clap::Args)]
+struct BenchCli {
+    #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
+    adapter: AdapterChoice,
+    #[arg(long, value_enum, default_value_t = Preset::TfCvae)]
+    preset: Preset,
+    /// Images per step [default: the preset's].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Timed training steps per repetition.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Repetitions (medians and min-max are over these).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Kernel sandbox: run this op's variants on one layer's shape, check and time them (with --layer).
+    #[arg(long, value_name = "ENTRY_POINT")]
+    kernel: Option<String>,
+    /// The layer for --kernel, e.g. decoder.conv2d_transpose_1.
+    #[arg(long)]
+    layer: Option<String>,
+    /// Which kernels to run.
+    #[arg(long, value_enum, default_value_t = Variant::Auto)]
+    variant: Variant,
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Bench(b) => {
+            let args = bench::BenchArgs {
+                adapter: b.adapter,
+                preset: b.preset,
+                batch: b.batch_size,
+                steps: b.steps,
+                reps: b.reps,
+                json: b.json,
+                kernel: b.kernel,
+                layer: b.layer,
+                variant: b.variant,
+            };
+            if let Some(report) = bench::run(&args)? {
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    bench::print(&report);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Train(a) => {
             let config = TrainConfig {
                 preset: a.preset,

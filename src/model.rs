@@ -162,6 +162,31 @@ impl ConvGeom {
         }
     }
 
+    /// For a Conv2DTranspose geometry: the Conv2D it is the adjoint of (input and
+    /// output swapped, same kernel array and padding). The transposed conv's forward
+    /// pass is that conv's input gradient, and the other way round.
+    pub fn as_forward_conv(&self) -> ConvGeom {
+        ConvGeom { in_h: self.out_h, in_w: self.out_w, in_c: self.out_c, out_h: self.in_h, out_w: self.in_w, out_c: self.in_c, ..*self }
+    }
+
+    /// A Dense layer as a 1x1 convolution of a 1x1 image (kernel [1, 1, in, out] = [in, out]).
+    pub fn dense(batch: usize, inputs: usize, outputs: usize) -> ConvGeom {
+        ConvGeom {
+            batch,
+            in_h: 1,
+            in_w: 1,
+            in_c: inputs,
+            out_h: 1,
+            out_w: 1,
+            out_c: outputs,
+            k_h: 1,
+            k_w: 1,
+            stride: 1,
+            pad_top: 0,
+            pad_left: 0,
+        }
+    }
+
     pub fn in_len(&self) -> usize {
         self.batch * self.in_h * self.in_w * self.in_c
     }

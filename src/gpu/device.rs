@@ -116,6 +116,9 @@ fn pick(adapters: Vec<wgpu::Adapter>) -> Option<wgpu::Adapter> {
 
 /// The device and queue the program computes on, with what the adapter offers.
 pub struct Gpu {
+    /// Bytes of buffers this program has created on the device (never freed while
+    /// training, so this is also the peak).
+    pub allocated: std::sync::atomic::AtomicU64,
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
@@ -154,7 +157,7 @@ impl Gpu {
             ..Default::default()
         }))
         .with_context(|| format!("could not open a device on {}", describe(&info)))?;
-        Ok(Gpu { device, queue, info, features, limits: needed })
+        Ok(Gpu { allocated: Default::default(), device, queue, info, features, limits: needed })
     }
 
     pub fn name(&self) -> String {
@@ -173,32 +176,46 @@ fn missing_limits(needed: &wgpu::Limits, have: &wgpu::Limits) -> Option<String> 
 pub const TENSOR: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 impl Gpu {
+    fn count(&self, buf: wgpu::Buffer) -> wgpu::Buffer {
+        self.allocated.fetch_add(buf.size(), std::sync::atomic::Ordering::Relaxed);
+        buf
+    }
+
     /// A storage buffer holding `data` (at least 4 bytes: empty bindings are invalid).
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let contents = if bytes.is_empty() { &[0u8; 4][..] } else { bytes };
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents, usage: TENSOR })
+        self.count(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents, usage: TENSOR }))
     }
 
     /// A zero-filled storage buffer of `n` f32.
     pub fn zeros(&self, label: &str, n: usize) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
+        self.count(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: (n.max(1) * 4) as u64,
             usage: TENSOR,
             mapped_at_creation: false,
-        })
+        }))
     }
 
     /// A uniform buffer that the host rewrites with `queue.write_buffer`.
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        self.uniform_bytes(label, bytemuck::bytes_of(value))
+    }
+
+    pub fn uniform_bytes(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        self.count(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
-            contents: bytemuck::bytes_of(value),
+            contents: bytes,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        })
+        }))
+    }
+
+    /// Bytes of device buffers this program has created.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Block until the queue is idle.

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context, Result};
-use wgpu::util::DeviceExt;
 
 use super::Gpu;
 
@@ -130,11 +129,7 @@ impl Kernels {
         if grid[1] > MAX_GROUPS_PER_DIM {
             bail!("{entry}: {groups} workgroups exceed the device's {MAX_GROUPS_PER_DIM} x {MAX_GROUPS_PER_DIM} grid; use a smaller batch");
         }
-        let ubuf = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(entry),
-            contents: uniform,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let ubuf = gpu.uniform_bytes(entry, uniform);
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
         for &b in &k.bindings {
             let buf = buffers
@@ -146,16 +141,22 @@ impl Kernels {
         }
         let bind_group =
             gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(entry), layout: &k.layout, entries: &entries });
-        Ok(Dispatch { entry: entry.to_string(), bind_group, grid, _uniform: ubuf })
+        Ok(Dispatch {
+            entry: entry.to_string(),
+            label: String::new(),
+            flops: 0.0,
+            parts: vec![Part { entry: entry.to_string(), bind_group, grid }],
+            keep: vec![ubuf],
+        })
     }
 
     /// Record dispatches into one compute pass.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) -> Result<()> {
-        for d in dispatches {
-            let k = self.get(&d.entry)?;
+        for part in dispatches.iter().flat_map(|d| d.parts.iter()) {
+            let k = self.get(&part.entry)?;
             pass.set_pipeline(&k.pipeline);
-            pass.set_bind_group(0, &d.bind_group, &[]);
-            pass.dispatch_workgroups(d.grid[0], d.grid[1], d.grid[2]);
+            pass.set_bind_group(0, &part.bind_group, &[]);
+            pass.dispatch_workgroups(part.grid[0], part.grid[1], part.grid[2]);
         }
         Ok(())
     }
@@ -172,10 +173,80 @@ impl Kernels {
     }
 }
 
-/// One dispatch, ready to record: its entry point, bind group and grid.
+impl Dispatch {
+    pub fn labeled(mut self, label: &str) -> Self {
+        self.label = label.to_string();
+        self
+    }
+    pub fn with_flops(mut self, flops: f64) -> Self {
+        self.flops = flops;
+        self
+    }
+    /// One op made of two dispatches run in order (e.g. partial sums, then their reduction).
+    pub fn then(mut self, next: Dispatch) -> Self {
+        self.parts.extend(next.parts);
+        self.keep.extend(next.keep);
+        self
+    }
+    /// Keep a scratch buffer alive as long as the dispatch.
+    pub fn keeping(mut self, buf: wgpu::Buffer) -> Self {
+        self.keep.push(buf);
+        self
+    }
+}
+
+/// Time each dispatch with timestamp queries: each in its own pass with a
+/// beginning and end timestamp. Returns nanoseconds per dispatch. Needs
+/// `Features::TIMESTAMP_QUERY`; None when the device lacks it.
+pub fn profile(gpu: &Gpu, kernels: &Kernels, dispatches: &[Dispatch]) -> Result<Option<Vec<f64>>> {
+    if !gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+        return Ok(None);
+    }
+    let mut times = Vec::with_capacity(dispatches.len());
+    // wgpu caps a query set at 4096 queries: two per dispatch.
+    for chunk in dispatches.chunks(2048) {
+        let count = 2 * chunk.len() as u32;
+        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count });
+        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: count as u64 * 8,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        for (i, d) in chunk.iter().enumerate() {
+            let tw = wgpu::ComputePassTimestampWrites {
+                query_set: &set,
+                beginning_of_pass_write_index: Some(2 * i as u32),
+                end_of_pass_write_index: Some(2 * i as u32 + 1),
+            };
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&d.entry), timestamp_writes: Some(tw) });
+            kernels.record(&mut pass, std::slice::from_ref(d))?;
+        }
+        enc.resolve_query_set(&set, 0..count, &resolve, 0);
+        gpu.queue.submit([enc.finish()]);
+        let ticks: Vec<u64> = gpu.read(&resolve)?;
+        let period = gpu.queue.get_timestamp_period() as f64;
+        times.extend(ticks.chunks(2).map(|t| t[1].saturating_sub(t[0]) as f64 * period));
+    }
+    Ok(Some(times))
+}
+
+/// One op, ready to record: its entry point (the first, if it takes several
+/// dispatches), bind groups and grids.
 pub struct Dispatch {
     pub entry: String,
-    pub bind_group: wgpu::BindGroup,
-    pub grid: [u32; 3],
-    _uniform: wgpu::Buffer,
+    /// Which layer or stage it serves, for the benchmark's table.
+    pub label: String,
+    /// Floating-point operations it performs (true multiply-adds count 2), 0 where not counted.
+    pub flops: f64,
+    parts: Vec<Part>,
+    keep: Vec<wgpu::Buffer>,
+}
+
+/// One compute dispatch of an op.
+struct Part {
+    entry: String,
+    bind_group: wgpu::BindGroup,
+    grid: [u32; 3],
 }

@@ -9,6 +9,18 @@ use super::kernels::{Dispatch, Kernels};
 use super::Gpu;
 use crate::model::ConvGeom;
 
+/// llvmpipe (lavapipe) counts every loop iteration of an invocation, over all its
+/// loops together, and silently stops looping after 65535. Kernels whose work grows
+/// with the batch are split into slices that stay under this budget (with a margin
+/// for their other loops).
+pub const LOOP_BUDGET: usize = 60_000;
+
+/// Images per batch slice so that a kernel looping over images, rows and columns
+/// (images * (1 + h + h * w) iterations) stays within `LOOP_BUDGET`.
+fn images_within_loop_budget(h: usize, w: usize) -> usize {
+    (LOOP_BUDGET / (1 + h + h * w)).max(1)
+}
+
 /// Sizes and offsets as the shaders see them. The trainer checks every size against
 /// the device's limits before building any dispatch, so this cannot overflow there.
 fn u(x: usize) -> u32 {
@@ -33,7 +45,12 @@ pub struct ConvUniform {
     pub w_off: u32,
     pub b_off: u32,
     pub relu: u32,
-    pub _pad: u32,
+    /// Blocked kernels: add the bias (1) or not (0).
+    pub bias: u32,
+    /// Blocked kernel gradient: images per slice of the batch, and the slice count.
+    pub slice_images: u32,
+    pub slices: u32,
+    pub _pad: [u32; 2],
 }
 
 impl ConvUniform {
@@ -54,7 +71,10 @@ impl ConvUniform {
             w_off: u(w.w_off),
             b_off: u(w.b_off),
             relu: relu as u32,
-            _pad: 0,
+            bias: 0,
+            slice_images: u(g.batch),
+            slices: 1,
+            _pad: [0; 2],
         }
     }
 }
@@ -156,26 +176,185 @@ pub struct Weights<'a> {
     pub b_off: usize,
 }
 
+/// Which implementation of an op to launch. `Blocked` kernels compute a block of
+/// outputs per invocation from vec4 loads and need channel counts divisible by 4;
+/// where a shape does not allow it the portable kernel runs instead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Variant {
+    /// The fastest kernel that fits the shape.
+    #[default]
+    Auto,
+    /// One output per invocation: the simplest kernels, the reference for the others.
+    Portable,
+    /// Register-blocked kernels (no optional features needed).
+    Blocked,
+}
+
 /// The launchers, bound to a device and its pipelines.
 pub struct Ops<'a> {
     pub gpu: &'a Gpu,
     pub k: &'a Kernels,
+    pub variant: Variant,
 }
 
 impl Ops<'_> {
+    /// Whether the blocked kernels fit a conv geometry and a kernel offset: output
+    /// channels (and the kernel) in vec4s. `vec4_in` says whether the input channels are too.
+    fn blocked(&self, g: &ConvGeom, w_off: usize) -> Option<bool> {
+        (self.variant != Variant::Portable && g.out_c.is_multiple_of(4) && w_off.is_multiple_of(4)).then_some(g.in_c.is_multiple_of(4))
+    }
+
+    /// conv2d_forward_blocked[_scalar] on conv geometry `g` (input `x`, output `y`).
+    fn forward_blocked(
+        &self,
+        g: &ConvGeom,
+        x: &wgpu::Buffer,
+        w: Weights<'_>,
+        relu: bool,
+        bias: bool,
+        y: &wgpu::Buffer,
+        vec4_in: bool,
+    ) -> Result<Dispatch> {
+        let u = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
+        let threads = g.batch.div_ceil(4) * g.out_h * g.out_w * g.out_c / 4;
+        if vec4_in {
+            self.k.dispatch(self.gpu, "conv2d_forward_blocked", bytes_of(&u), &[(2, w.params), (7, x), (8, w.params), (9, y)], threads)
+        } else {
+            self.k.dispatch(
+                self.gpu,
+                "conv2d_forward_blocked_scalar",
+                bytes_of(&u),
+                &[(1, x), (2, w.params), (8, w.params), (9, y)],
+                threads,
+            )
+        }
+    }
+
+    /// conv2d_backward_input_blocked[_scalar] on conv geometry `g` (from `dy` to `dx`).
+    fn backward_input_blocked(
+        &self,
+        g: &ConvGeom,
+        dy: &wgpu::Buffer,
+        w: Weights<'_>,
+        relu: bool,
+        bias: bool,
+        dx: &wgpu::Buffer,
+        vec4_in: bool,
+    ) -> Result<Dispatch> {
+        let u = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
+        if vec4_in {
+            self.k.dispatch(
+                self.gpu,
+                "conv2d_backward_input_blocked",
+                bytes_of(&u),
+                &[(2, w.params), (8, w.params), (10, dy), (11, dx)],
+                g.batch.div_ceil(4) * g.in_h * g.in_w * g.in_c / 4,
+            )
+        } else {
+            self.k.dispatch(
+                self.gpu,
+                "conv2d_backward_input_blocked_scalar",
+                bytes_of(&u),
+                &[(2, w.params), (5, dx), (8, w.params), (10, dy)],
+                g.batch.div_ceil(4) * g.in_h * g.in_w * g.in_c,
+            )
+        }
+    }
+
+    /// conv2d_backward_kernel_blocked[_scalar] on conv geometry `g`: partial sums over
+    /// slices of the batch small enough to stay in cache, then their reduction in slice
+    /// order. None when the shape does not fit (the scalar form needs out_c % 16 == 0).
+    fn backward_kernel_blocked(
+        &self,
+        g: &ConvGeom,
+        x: &wgpu::Buffer,
+        dy: &wgpu::Buffer,
+        grads: Weights<'_>,
+        vec4_in: bool,
+    ) -> Result<Option<Dispatch>> {
+        if !vec4_in && !g.out_c.is_multiple_of(16) {
+            return Ok(None);
+        }
+        const SLICE_BYTES: usize = 256 << 10;
+        let per_image = 4 * (g.in_h * g.in_w * g.in_c + g.out_h * g.out_w * g.out_c);
+        let images = (SLICE_BYTES / per_image).min(images_within_loop_budget(g.out_h, g.out_w)).clamp(1, g.batch);
+        let slices = g.batch.div_ceil(images);
+        let part = self.gpu.zeros("partial kernel gradients", slices * g.kernel_len());
+        let u = ConvUniform { slice_images: u(images), slices: u(slices), ..ConvUniform::new(g, grads, false) };
+        let main = if vec4_in {
+            self.k.dispatch(
+                self.gpu,
+                "conv2d_backward_kernel_blocked",
+                bytes_of(&u),
+                &[(7, x), (10, dy), (13, &part)],
+                slices * g.kernel_len() / 16,
+            )?
+        } else {
+            self.k.dispatch(
+                self.gpu,
+                "conv2d_backward_kernel_blocked_scalar",
+                bytes_of(&u),
+                &[(1, x), (10, dy), (15, &part)],
+                slices * g.kernel_len() / 16,
+            )?
+        };
+        let reduce =
+            self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", bytes_of(&u), &[(6, grads.params), (14, &part)], g.kernel_len())?;
+        Ok(Some(main.then(reduce).keeping(part)))
+    }
+
     pub fn conv2d_forward(&self, g: &ConvGeom, x: &wgpu::Buffer, w: Weights<'_>, relu: bool, y: &wgpu::Buffer) -> Result<Dispatch> {
+        if let Some(v4) = self.blocked(g, w.w_off) {
+            return Ok(self.forward_blocked(g, x, w, relu, true, y, v4)?.with_flops(2.0 * g.macs(false) as f64));
+        }
         let u = ConvUniform::new(g, w, relu);
-        self.k.dispatch(self.gpu, "conv2d_forward", bytes_of(&u), &[(1, x), (2, w.params), (3, y)], g.out_len())
+        Ok(self
+            .k
+            .dispatch(self.gpu, "conv2d_forward", bytes_of(&u), &[(1, x), (2, w.params), (3, y)], g.out_len())?
+            .with_flops(2.0 * g.macs(false) as f64))
     }
     pub fn conv2d_backward_input(&self, g: &ConvGeom, dy: &wgpu::Buffer, w: Weights<'_>, dx: &wgpu::Buffer) -> Result<Dispatch> {
+        if let Some(v4) = self.blocked(g, w.w_off) {
+            return Ok(self.backward_input_blocked(g, dy, w, false, false, dx, v4)?.with_flops(2.0 * g.macs(false) as f64));
+        }
         let u = ConvUniform::new(g, w, false);
-        self.k.dispatch(self.gpu, "conv2d_backward_input", bytes_of(&u), &[(2, w.params), (4, dy), (5, dx)], g.in_len())
+        Ok(self
+            .k
+            .dispatch(self.gpu, "conv2d_backward_input", bytes_of(&u), &[(2, w.params), (4, dy), (5, dx)], g.in_len())?
+            .with_flops(2.0 * g.macs(false) as f64))
     }
     /// Writes the kernel gradient at `w_off` of `grads` (overwriting).
+    /// Writes the kernel gradient at `w_off` of `grads` (overwriting).
     pub fn conv2d_backward_kernel(&self, g: &ConvGeom, x: &wgpu::Buffer, dy: &wgpu::Buffer, grads: Weights<'_>) -> Result<Dispatch> {
-        let u = ConvUniform::new(g, grads, false);
-        self.k.dispatch(self.gpu, "conv2d_backward_kernel", bytes_of(&u), &[(1, x), (4, dy), (6, grads.params)], g.kernel_len())
+        if let Some(v4) = self.blocked(g, grads.w_off) {
+            if let Some(d) = self.backward_kernel_blocked(g, x, dy, grads, v4)? {
+                return Ok(d.with_flops(2.0 * g.macs(false) as f64));
+            }
+        }
+        Ok(self.sliced_kernel_grad("conv2d_backward_kernel", g, (g.out_h, g.out_w), x, dy, grads)?.with_flops(2.0 * g.macs(false) as f64))
     }
+
+    /// A portable kernel gradient over slices of the batch, then their reduction.
+    /// `spatial` is the rows and columns the entry point loops over per image.
+    fn sliced_kernel_grad(
+        &self,
+        entry: &str,
+        g: &ConvGeom,
+        spatial: (usize, usize),
+        x: &wgpu::Buffer,
+        dy: &wgpu::Buffer,
+        grads: Weights<'_>,
+    ) -> Result<Dispatch> {
+        let images = images_within_loop_budget(spatial.0, spatial.1).min(g.batch);
+        let slices = g.batch.div_ceil(images);
+        let part = self.gpu.zeros("partial kernel gradients", slices * g.kernel_len());
+        let u = ConvUniform { slice_images: u(images), slices: u(slices), ..ConvUniform::new(g, grads, false) };
+        let main = self.k.dispatch(self.gpu, entry, bytes_of(&u), &[(1, x), (4, dy), (16, &part)], slices * g.kernel_len())?;
+        let reduce =
+            self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", bytes_of(&u), &[(6, grads.params), (14, &part)], g.kernel_len())?;
+        Ok(main.then(reduce).keeping(part))
+    }
+
     pub fn conv2d_transpose_forward(
         &self,
         g: &ConvGeom,
@@ -184,12 +363,24 @@ impl Ops<'_> {
         relu: bool,
         y: &wgpu::Buffer,
     ) -> Result<Dispatch> {
+        if let Some(v4) = self.blocked(&g.as_forward_conv(), w.w_off) {
+            return Ok(self.backward_input_blocked(&g.as_forward_conv(), x, w, relu, true, y, v4)?.with_flops(2.0 * g.macs(true) as f64));
+        }
         let u = ConvUniform::new(g, w, relu);
-        self.k.dispatch(self.gpu, "conv2d_transpose_forward", bytes_of(&u), &[(1, x), (2, w.params), (3, y)], g.out_len())
+        Ok(self
+            .k
+            .dispatch(self.gpu, "conv2d_transpose_forward", bytes_of(&u), &[(1, x), (2, w.params), (3, y)], g.out_len())?
+            .with_flops(2.0 * g.macs(true) as f64))
     }
     pub fn conv2d_transpose_backward_input(&self, g: &ConvGeom, dy: &wgpu::Buffer, w: Weights<'_>, dx: &wgpu::Buffer) -> Result<Dispatch> {
+        if let Some(v4) = self.blocked(&g.as_forward_conv(), w.w_off) {
+            return Ok(self.forward_blocked(&g.as_forward_conv(), dy, w, false, false, dx, v4)?.with_flops(2.0 * g.macs(true) as f64));
+        }
         let u = ConvUniform::new(g, w, false);
-        self.k.dispatch(self.gpu, "conv2d_transpose_backward_input", bytes_of(&u), &[(2, w.params), (4, dy), (5, dx)], g.in_len())
+        Ok(self
+            .k
+            .dispatch(self.gpu, "conv2d_transpose_backward_input", bytes_of(&u), &[(2, w.params), (4, dy), (5, dx)], g.in_len())?
+            .with_flops(2.0 * g.macs(true) as f64))
     }
     pub fn conv2d_transpose_backward_kernel(
         &self,
@@ -198,8 +389,14 @@ impl Ops<'_> {
         dy: &wgpu::Buffer,
         grads: Weights<'_>,
     ) -> Result<Dispatch> {
-        let u = ConvUniform::new(g, grads, false);
-        self.k.dispatch(self.gpu, "conv2d_transpose_backward_kernel", bytes_of(&u), &[(1, x), (4, dy), (6, grads.params)], g.kernel_len())
+        if let Some(v4) = self.blocked(&g.as_forward_conv(), grads.w_off) {
+            if let Some(d) = self.backward_kernel_blocked(&g.as_forward_conv(), dy, x, grads, v4)? {
+                return Ok(d.with_flops(2.0 * g.macs(true) as f64));
+            }
+        }
+        Ok(self
+            .sliced_kernel_grad("conv2d_transpose_backward_kernel", g, (g.in_h, g.in_w), x, dy, grads)?
+            .with_flops(2.0 * g.macs(true) as f64))
     }
 
     fn dense_uniform(batch: usize, inputs: usize, outputs: usize, w: Weights<'_>, relu: bool) -> DenseUniform {
@@ -223,8 +420,16 @@ impl Ops<'_> {
         relu: bool,
         y: &wgpu::Buffer,
     ) -> Result<Dispatch> {
+        if let Some(v4) = self.blocked(&ConvGeom::dense(batch, inputs, outputs), w.w_off) {
+            return Ok(self
+                .forward_blocked(&ConvGeom::dense(batch, inputs, outputs), x, w, relu, true, y, v4)?
+                .with_flops(2.0 * (batch * inputs * outputs) as f64));
+        }
         let u = Self::dense_uniform(batch, inputs, outputs, w, relu);
-        self.k.dispatch(self.gpu, "dense_forward", bytes_of(&u), &[(1, x), (2, w.params), (3, y)], batch * outputs)
+        Ok(self
+            .k
+            .dispatch(self.gpu, "dense_forward", bytes_of(&u), &[(1, x), (2, w.params), (3, y)], batch * outputs)?
+            .with_flops(2.0 * (batch * inputs * outputs) as f64))
     }
     pub fn dense_backward_input(
         &self,
@@ -235,8 +440,16 @@ impl Ops<'_> {
         w: Weights<'_>,
         dx: &wgpu::Buffer,
     ) -> Result<Dispatch> {
+        if let Some(v4) = self.blocked(&ConvGeom::dense(batch, inputs, outputs), w.w_off) {
+            return Ok(self
+                .backward_input_blocked(&ConvGeom::dense(batch, inputs, outputs), dy, w, false, false, dx, v4)?
+                .with_flops(2.0 * (batch * inputs * outputs) as f64));
+        }
         let u = Self::dense_uniform(batch, inputs, outputs, w, false);
-        self.k.dispatch(self.gpu, "dense_backward_input", bytes_of(&u), &[(2, w.params), (4, dy), (5, dx)], batch * inputs)
+        Ok(self
+            .k
+            .dispatch(self.gpu, "dense_backward_input", bytes_of(&u), &[(2, w.params), (4, dy), (5, dx)], batch * inputs)?
+            .with_flops(2.0 * (batch * inputs * outputs) as f64))
     }
     pub fn dense_backward_kernel(
         &self,
@@ -247,8 +460,16 @@ impl Ops<'_> {
         dy: &wgpu::Buffer,
         grads: Weights<'_>,
     ) -> Result<Dispatch> {
+        if let Some(v4) = self.blocked(&ConvGeom::dense(batch, inputs, outputs), grads.w_off) {
+            if let Some(d) = self.backward_kernel_blocked(&ConvGeom::dense(batch, inputs, outputs), x, dy, grads, v4)? {
+                return Ok(d.with_flops(2.0 * (batch * inputs * outputs) as f64));
+            }
+        }
         let u = Self::dense_uniform(batch, inputs, outputs, grads, false);
-        self.k.dispatch(self.gpu, "dense_backward_kernel", bytes_of(&u), &[(1, x), (4, dy), (6, grads.params)], inputs * outputs)
+        Ok(self
+            .k
+            .dispatch(self.gpu, "dense_backward_kernel", bytes_of(&u), &[(1, x), (4, dy), (6, grads.params)], inputs * outputs)?
+            .with_flops(2.0 * (batch * inputs * outputs) as f64))
     }
 
     /// In place on `dy`: zero where the layer output `y` is not positive.

@@ -11,7 +11,7 @@
 use anyhow::{bail, Result};
 
 use super::kernels::{Dispatch, Kernels};
-use super::ops::{pack_bytes, Ops, StepUniform, Weights};
+use super::ops::{pack_bytes, Ops, StepUniform, Variant, Weights};
 use super::Gpu;
 use crate::cpu::optim::adam_alpha;
 use crate::data::Split;
@@ -72,6 +72,7 @@ enum Source {
 }
 
 pub struct Trainer<'a> {
+    pub variant: Variant,
     pub gpu: &'a Gpu,
     pub kernels: &'a Kernels,
     pub model: &'a Model,
@@ -107,6 +108,10 @@ pub struct Trainer<'a> {
     /// Training steps done so far (the noise counter and Adam's t).
     pub step: u64,
     in_flight: std::collections::VecDeque<wgpu::SubmissionIndex>,
+    /// Time the host spent waiting for the device (flow control), for the benchmark.
+    pub wait_seconds: f64,
+    /// Time spent inside `queue.submit` (some drivers do work there).
+    pub submit_seconds: f64,
 }
 
 impl<'a> Trainer<'a> {
@@ -126,6 +131,25 @@ impl<'a> Trainer<'a> {
         params: &[f32],
         fixed_z: &[f32],
     ) -> Result<Trainer<'a>> {
+        Self::new_with_variant(gpu, kernels, model, opt, batch, seed, binarize, train, test, params, fixed_z, Variant::Auto)
+    }
+
+    /// As `new`, with a chosen kernel variant (the benchmark and tests compare them).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_with_variant(
+        gpu: &'a Gpu,
+        kernels: &'a Kernels,
+        model: &'a Model,
+        opt: Optimizer,
+        batch: usize,
+        seed: u64,
+        binarize: bool,
+        train: &Split,
+        test: &Split,
+        params: &[f32],
+        fixed_z: &[f32],
+        variant: Variant,
+    ) -> Result<Trainer<'a>> {
         if batch == 0 {
             bail!("the batch size must be at least 1");
         }
@@ -141,6 +165,7 @@ impl<'a> Trainer<'a> {
         let eval_batches = test.len().div_ceil(batch);
         let identity: Vec<u32> = (0..test.len() as u32).collect();
         let mut t = Trainer {
+            variant,
             gpu,
             kernels,
             model,
@@ -174,6 +199,8 @@ impl<'a> Trainer<'a> {
             decode_fixed: Vec::new(),
             step: 0,
             in_flight: Default::default(),
+            wait_seconds: 0.0,
+            submit_seconds: 0.0,
         };
         t.train_full = t.build_train(batch)?;
         let tail = train.len() % batch;
@@ -186,7 +213,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn ops(&self) -> Ops<'a> {
-        Ops { gpu: self.gpu, k: self.kernels }
+        Ops { gpu: self.gpu, k: self.kernels, variant: self.variant }
     }
 
     fn weights<'b>(&self, buf: &'b wgpu::Buffer, l: &LayerInfo) -> Weights<'b> {
@@ -194,23 +221,28 @@ impl<'a> Trainer<'a> {
         Weights { params: buf, w_off: self.model.params[k].offset, b_off: self.model.params[k + 1].offset }
     }
 
-    fn layer_forward(&self, l: &LayerInfo, n: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<Option<Dispatch>> {
+    fn layer_forward(&self, net: &str, l: &LayerInfo, n: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<Option<Dispatch>> {
         let o = self.ops();
         let relu = l.activation() == Activation::Relu;
-        Ok(Some(match l.layer {
-            Layer::Conv2D { .. } => o.conv2d_forward(&l.conv_geom(n).expect("conv"), x, self.weights(&self.params, l), relu, y)?,
-            Layer::Conv2DTranspose { .. } => {
-                o.conv2d_transpose_forward(&l.conv_geom(n).expect("conv"), x, self.weights(&self.params, l), relu, y)?
+        let label = format!("{net}.{}", l.name);
+        Ok(Some(
+            match l.layer {
+                Layer::Conv2D { .. } => o.conv2d_forward(&l.conv_geom(n).expect("conv"), x, self.weights(&self.params, l), relu, y)?,
+                Layer::Conv2DTranspose { .. } => {
+                    o.conv2d_transpose_forward(&l.conv_geom(n).expect("conv"), x, self.weights(&self.params, l), relu, y)?
+                }
+                Layer::Dense { units, .. } => o.dense_forward(n, l.input.len(), units, x, self.weights(&self.params, l), relu, y)?,
+                Layer::Flatten | Layer::Reshape { .. } => return Ok(None),
             }
-            Layer::Dense { units, .. } => o.dense_forward(n, l.input.len(), units, x, self.weights(&self.params, l), relu, y)?,
-            Layer::Flatten | Layer::Reshape { .. } => return Ok(None),
-        }))
+            .labeled(&label),
+        ))
     }
 
     /// Backward through one layer: ReLU mask (in place on dy), kernel and bias
     /// gradients into `grads`, and dx when asked.
     fn layer_backward(
         &self,
+        net: &str,
         l: &LayerInfo,
         n: usize,
         x: &wgpu::Buffer,
@@ -256,7 +288,8 @@ impl<'a> Trainer<'a> {
             }
             Layer::Flatten | Layer::Reshape { .. } => unreachable!("returned above"),
         }
-        Ok(d)
+        let label = format!("{net}.{}", l.name);
+        Ok(d.into_iter().map(|x| x.labeled(&label)).collect())
     }
 
     /// Encoder, reparameterisation, decoder, loss terms and the batch loss into
@@ -271,23 +304,26 @@ impl<'a> Trainer<'a> {
         };
         let pixels = m.image.len();
         let x = &net.bufs[net.enc[0]];
-        let mut d = vec![o.gather_images(n, pixels, self.binarize, images, order, step, x)?];
+        let mut d = vec![o.gather_images(n, pixels, self.binarize, images, order, step, x)?.labeled("data")];
         for (i, l) in m.encoder.iter().enumerate() {
-            d.extend(self.layer_forward(l, n, &net.bufs[net.enc[i]], &net.bufs[net.enc[i + 1]])?);
+            d.extend(self.layer_forward("encoder", l, n, &net.bufs[net.enc[i]], &net.bufs[net.enc[i + 1]])?);
         }
         let enc_out = &net.bufs[*net.enc.last().expect("encoder")];
         let z = &net.bufs[net.dec[0]];
-        d.push(o.reparameterize(n, m.latent, self.rng.key(stream), enc_out, step, z, &self.eps)?);
+        d.push(o.reparameterize(n, m.latent, self.rng.key(stream), enc_out, step, z, &self.eps)?.labeled("latent"));
         for (i, l) in m.decoder.iter().enumerate() {
-            d.extend(self.layer_forward(l, n, &net.bufs[net.dec[i]], &net.bufs[net.dec[i + 1]])?);
+            d.extend(self.layer_forward("decoder", l, n, &net.bufs[net.dec[i]], &net.bufs[net.dec[i + 1]])?);
         }
         let logits = &net.bufs[*net.dec.last().expect("decoder")];
-        d.push(o.sigmoid_cross_entropy_forward(n, pixels, logits, x, &self.ce)?);
-        d.push(match m.loss.kl {
-            KlKind::Mc => o.kl_mc_forward(n, m.latent, enc_out, z, &self.kl)?,
-            KlKind::Analytic => o.kl_analytic_forward(n, m.latent, m.loss.kl_scale, enc_out, &self.kl)?,
-        });
-        d.push(o.loss_reduce(n, m.loss.recon_scale, &self.ce, &self.kl, losses, step)?);
+        d.push(o.sigmoid_cross_entropy_forward(n, pixels, logits, x, &self.ce)?.labeled("loss"));
+        d.push(
+            match m.loss.kl {
+                KlKind::Mc => o.kl_mc_forward(n, m.latent, enc_out, z, &self.kl)?,
+                KlKind::Analytic => o.kl_analytic_forward(n, m.latent, m.loss.kl_scale, enc_out, &self.kl)?,
+            }
+            .labeled("latent"),
+        );
+        d.push(o.loss_reduce(n, m.loss.recon_scale, &self.ce, &self.kl, losses, step)?.labeled("loss"));
         Ok(d)
     }
 
@@ -299,43 +335,67 @@ impl<'a> Trainer<'a> {
         let mut d = self.build_forward(n, Source::Train, &self.train_losses)?;
         let x = &net.bufs[net.enc[0]];
         let logits_id = *net.dec.last().expect("decoder");
-        d.push(o.sigmoid_cross_entropy_backward(n, m.image.len(), m.loss.recon_scale, &net.bufs[logits_id], x, &net.grads[logits_id])?);
+        d.push(
+            o.sigmoid_cross_entropy_backward(n, m.image.len(), m.loss.recon_scale, &net.bufs[logits_id], x, &net.grads[logits_id])?
+                .labeled("loss"),
+        );
         for (i, l) in m.decoder.iter().enumerate().rev() {
             let (xi, yi) = (net.dec[i], net.dec[i + 1]);
-            d.extend(self.layer_backward(l, n, &net.bufs[xi], &net.bufs[yi], &net.grads[yi], Some(&net.grads[xi]))?);
+            d.extend(self.layer_backward("decoder", l, n, &net.bufs[xi], &net.bufs[yi], &net.grads[yi], Some(&net.grads[xi]))?);
         }
         let enc_id = *net.enc.last().expect("encoder");
         let z_id = net.dec[0];
         let scale = 1.0 / n as f32;
-        d.push(match m.loss.kl {
-            KlKind::Mc => {
-                o.kl_mc_backward(n, m.latent, scale, &net.grads[z_id], &net.bufs[enc_id], &self.eps, &net.bufs[z_id], &net.grads[enc_id])?
+        d.push(
+            match m.loss.kl {
+                KlKind::Mc => o.kl_mc_backward(
+                    n,
+                    m.latent,
+                    scale,
+                    &net.grads[z_id],
+                    &net.bufs[enc_id],
+                    &self.eps,
+                    &net.bufs[z_id],
+                    &net.grads[enc_id],
+                )?,
+                KlKind::Analytic => o.kl_analytic_backward(
+                    n,
+                    m.latent,
+                    m.loss.kl_scale,
+                    scale,
+                    &net.grads[z_id],
+                    &net.bufs[enc_id],
+                    &self.eps,
+                    &net.grads[enc_id],
+                )?,
             }
-            KlKind::Analytic => o.kl_analytic_backward(
-                n,
-                m.latent,
-                m.loss.kl_scale,
-                scale,
-                &net.grads[z_id],
-                &net.bufs[enc_id],
-                &self.eps,
-                &net.grads[enc_id],
-            )?,
-        });
+            .labeled("latent"),
+        );
         for (i, l) in m.encoder.iter().enumerate().rev() {
             let (xi, yi) = (net.enc[i], net.enc[i + 1]);
             // The first layer's input is the data: no gradient needed there.
             let dx = (xi != net.enc[0]).then(|| &net.grads[xi]);
-            d.extend(self.layer_backward(l, n, &net.bufs[xi], &net.bufs[yi], &net.grads[yi], dx)?);
+            d.extend(self.layer_backward("encoder", l, n, &net.bufs[xi], &net.bufs[yi], &net.grads[yi], dx)?);
         }
-        d.push(match self.opt {
-            Optimizer::Adam { beta1, beta2, eps, .. } => {
-                o.adam_update(m.num_params, beta1, beta2, eps, &self.params, &self.grads, &self.slots[0], &self.slots[1], &self.step_buf)?
+        d.push(
+            match self.opt {
+                Optimizer::Adam { beta1, beta2, eps, .. } => o.adam_update(
+                    m.num_params,
+                    beta1,
+                    beta2,
+                    eps,
+                    &self.params,
+                    &self.grads,
+                    &self.slots[0],
+                    &self.slots[1],
+                    &self.step_buf,
+                )?,
+                Optimizer::RmsProp { lr, rho, eps } => {
+                    o.rmsprop_update(m.num_params, lr, rho, eps, &self.params, &self.grads, &self.slots[0])?
+                }
             }
-            Optimizer::RmsProp { lr, rho, eps } => {
-                o.rmsprop_update(m.num_params, lr, rho, eps, &self.params, &self.grads, &self.slots[0])?
-            }
-        });
+            .labeled("optimizer"),
+        );
         Ok(d)
     }
 
@@ -349,7 +409,7 @@ impl<'a> Trainer<'a> {
         let mut d = Vec::new();
         for (i, l) in self.model.decoder.iter().enumerate() {
             let x = if i == 0 { &self.fixed_z } else { &net.bufs[net.dec[i]] };
-            d.extend(self.layer_forward(l, n, x, &net.bufs[net.dec[i + 1]])?);
+            d.extend(self.layer_forward("decoder", l, n, x, &net.bufs[net.dec[i + 1]])?);
         }
         Ok(d)
     }
@@ -360,7 +420,10 @@ impl<'a> Trainer<'a> {
             let mut pass = enc.begin_compute_pass(&Default::default());
             self.kernels.record(&mut pass, dispatches)?;
         }
-        let idx = self.gpu.queue.submit([enc.finish()]);
+        let cmd = enc.finish();
+        let t_submit = std::time::Instant::now();
+        let idx = self.gpu.queue.submit([cmd]);
+        self.submit_seconds += t_submit.elapsed().as_secs_f64();
         self.in_flight.push_back(idx);
         // Flow control, not a read-back: wait only for a submission several steps old.
         while self.in_flight.len() > IN_FLIGHT {
@@ -483,11 +546,46 @@ impl<'a> Trainer<'a> {
         Ok(g)
     }
 
+    /// Time every dispatch of one training step (step `j` of the current epoch) with
+    /// timestamp queries; None without `TIMESTAMP_QUERY`. Advances the training state.
+    pub fn profile_train_step(&mut self, j: usize) -> Result<Option<Vec<KernelTime>>> {
+        self.finish()?;
+        let start = j * self.batch;
+        let alpha = match self.opt {
+            Optimizer::Adam { lr, beta1, beta2, .. } => adam_alpha(lr, beta1, beta2, self.step + 1),
+            Optimizer::RmsProp { .. } => 0.0,
+        };
+        let s = StepUniform { step: self.step as u32, batch_start: start as u32, loss_slot: j as u32, alpha };
+        self.gpu.queue.write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&s));
+        let times = super::kernels::profile(self.gpu, self.kernels, &self.train_full)?;
+        self.step += 1;
+        Ok(times.map(|t| {
+            self.train_full
+                .iter()
+                .zip(t)
+                .map(|(d, ns)| KernelTime { entry: d.entry.clone(), label: d.label.clone(), flops: d.flops, ns })
+                .collect()
+        }))
+    }
+
+    /// Counted floating-point work of one full training step.
+    pub fn train_dispatch_flops(&self) -> f64 {
+        self.train_full.iter().map(|d| d.flops).sum()
+    }
+
     /// Wait for all queued work.
     pub fn finish(&mut self) -> Result<()> {
         self.in_flight.clear();
         self.gpu.wait()
     }
+}
+
+/// One op's measured time within a training step.
+pub struct KernelTime {
+    pub entry: String,
+    pub label: String,
+    pub flops: f64,
+    pub ns: f64,
 }
 
 /// Check, before any dispatch, that every buffer and grid fits the device's limits.

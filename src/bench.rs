@@ -1,0 +1,424 @@
+//! `cvae bench`: where the time of a training step goes, and how close the kernels
+//! come to what the adapter can do.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+
+use crate::data::Dataset;
+use crate::gpu::kernels::{profile, Kernels};
+use crate::gpu::ops::{Ops, Variant, Weights};
+use crate::gpu::trainer::Trainer;
+use crate::gpu::{AdapterChoice, Gpu};
+use crate::model::{Layer, Model, Preset};
+
+pub struct BenchArgs {
+    pub adapter: AdapterChoice,
+    pub preset: Preset,
+    pub batch: Option<usize>,
+    pub steps: usize,
+    pub reps: usize,
+    pub json: bool,
+    pub kernel: Option<String>,
+    pub layer: Option<String>,
+    pub variant: Variant,
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(|a, b| a.total_cmp(b));
+        let n = v.len();
+        let median = if n == 0 {
+            f64::NAN
+        } else if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            0.5 * (v[n / 2 - 1] + v[n / 2])
+        };
+        Spread { median, min: v.first().copied().unwrap_or(f64::NAN), max: v.last().copied().unwrap_or(f64::NAN) }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2} ({:.2}-{:.2})", self.median, self.min, self.max)
+    }
+}
+
+#[derive(Serialize)]
+pub struct KernelRow {
+    pub entry: String,
+    pub layer: String,
+    pub calls: usize,
+    pub ms: f64,
+    pub gflops: Option<f64>,
+    pub share: f64,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub adapter: String,
+    pub preset: String,
+    pub batch: usize,
+    pub steps: usize,
+    pub reps: usize,
+    pub variant: String,
+    pub first_step_seconds: f64,
+    pub train_images_per_second: Spread,
+    pub train_ms_per_step: Spread,
+    pub eval_images_per_second: Spread,
+    pub host_ms_per_step: Spread,
+    /// Time inside `queue.submit`: a driver that executes on submission (lavapipe) spends the device time here.
+    pub submit_ms_per_step: Spread,
+    pub device_ms_per_step: Option<f64>,
+    pub allocated_mib: f64,
+    pub step_gflop: f64,
+    pub step_gflops: f64,
+    pub ceiling_gflops: Option<f64>,
+    pub fraction_of_ceiling: Option<f64>,
+    pub kernels: Vec<KernelRow>,
+}
+
+/// GFLOP/s of the best matrix-multiply kernel on a 1024^3 problem: the adapter's ceiling as this program sees it.
+pub fn ceiling(gpu: &Gpu, kernels: &Kernels, variant: Variant) -> Result<Option<f64>> {
+    ceiling_at(gpu, kernels, variant, 1024)
+}
+
+/// GFLOP/s of dense_forward on an n x n x n problem.
+pub fn ceiling_at(gpu: &Gpu, kernels: &Kernels, variant: Variant, n: usize) -> Result<Option<f64>> {
+    let x = gpu.zeros("ceiling x", n * n);
+    let w = gpu.zeros("ceiling w", n * n + n);
+    let y = gpu.zeros("ceiling y", n * n);
+    let ops = Ops { gpu, k: kernels, variant };
+    let d = ops.dense_forward(n, n, n, &x, Weights { params: &w, w_off: 0, b_off: n * n }, false, &y)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        match profile(gpu, kernels, std::slice::from_ref(&d))? {
+            Some(t) => best = best.min(t[0]),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(2.0 * (n * n * n) as f64 / best))
+}
+
+/// Run the benchmark; None when it ran the kernel sandbox instead (which prints as it goes).
+pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
+    if a.steps == 0 || a.reps == 0 {
+        bail!("--steps and --reps must be at least 1");
+    }
+    let t_start = Instant::now();
+    let gpu = Gpu::open(a.adapter)?;
+    let kernels = Kernels::new(&gpu)?;
+    let model = Model::preset(a.preset, a.preset.default_latent(), a.preset.default_kl())?;
+    let batch = a.batch.unwrap_or(a.preset.default_batch());
+    if batch == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if let Some(k) = &a.kernel {
+        sandbox(&gpu, &kernels, &model, batch, k, a.layer.as_deref())?;
+        return Ok(None);
+    }
+    let data = Dataset::embedded()?;
+    let (mut train, mut test) = (data.train, data.test);
+    let need = batch * (a.steps * a.reps + 3);
+    if need > train.len() {
+        bail!("--steps x --reps x --batch-size needs {need} training images; MNIST has {}", train.len());
+    }
+    train.truncate(need);
+    test.truncate((batch * a.steps).min(test.len()));
+    let opt = a.preset.default_optimizer();
+    let init = model.init_params(0);
+    let mut trainer = Trainer::new_with_variant(&gpu, &kernels, &model, opt, batch, 0, true, &train, &test, &init, &[], a.variant)?;
+    trainer.begin_epoch(1);
+    // The first step includes pipeline creation and the driver's shader compilation.
+    trainer.train_step(0)?;
+    trainer.finish()?;
+    let first_step_seconds = t_start.elapsed().as_secs_f64();
+    trainer.train_step(1)?;
+    trainer.train_step(2)?;
+    trainer.finish()?;
+
+    let (mut ips, mut ms, mut host, mut submit) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut j = 3;
+    for _ in 0..a.reps {
+        let t0 = Instant::now();
+        let mut h = 0.0;
+        let submitted = trainer.submit_seconds;
+        for _ in 0..a.steps {
+            let th = Instant::now();
+            let (waited, sub) = (trainer.wait_seconds, trainer.submit_seconds);
+            trainer.train_step(j)?;
+            // Host work only: time waiting for the device, and inside the driver's
+            // submit (lavapipe runs the work right there), is not overhead.
+            h += th.elapsed().as_secs_f64() - (trainer.wait_seconds - waited) - (trainer.submit_seconds - sub);
+            j += 1;
+        }
+        trainer.finish()?;
+        let dt = t0.elapsed().as_secs_f64();
+        submit.push(1e3 * (trainer.submit_seconds - submitted) / a.steps as f64);
+        ips.push((a.steps * batch) as f64 / dt);
+        ms.push(1e3 * dt / a.steps as f64);
+        host.push(1e3 * h / a.steps as f64);
+    }
+    let mut eval = Vec::new();
+    for r in 0..a.reps {
+        let t0 = Instant::now();
+        trainer.evaluate(r as u32)?;
+        eval.push(test.len() as f64 / t0.elapsed().as_secs_f64());
+    }
+
+    let prof = trainer.profile_train_step(0)?;
+    let step_flops: f64 = trainer.train_dispatch_flops();
+    let train_ms = Spread::of(ms.clone());
+    let step_gflops = step_flops / (train_ms.median * 1e6);
+    let ceiling = ceiling(&gpu, &kernels, a.variant)?;
+    let mut rows: Vec<KernelRow> = Vec::new();
+    let mut device_ms = None;
+    if let Some(p) = &prof {
+        let total: f64 = p.iter().map(|r| r.ns).sum();
+        device_ms = Some(total / 1e6);
+        for k in p {
+            match rows.iter_mut().find(|r| r.entry == k.entry && r.layer == k.label) {
+                Some(r) => {
+                    r.calls += 1;
+                    r.ms += k.ns / 1e6;
+                    r.gflops = r.gflops.map(|g| g + k.flops / 1e9);
+                }
+                None => rows.push(KernelRow {
+                    entry: k.entry.clone(),
+                    layer: k.label.clone(),
+                    calls: 1,
+                    ms: k.ns / 1e6,
+                    gflops: (k.flops > 0.0).then_some(k.flops / 1e9),
+                    share: 0.0,
+                }),
+            }
+        }
+        for r in rows.iter_mut() {
+            // gflops held the GFLOP count so far; turn it into a rate.
+            r.gflops = r.gflops.map(|g| g / (r.ms / 1e3));
+            r.share = r.ms * 1e6 / total;
+        }
+        rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    }
+    Ok(Some(Report {
+        adapter: gpu.name(),
+        preset: a.preset.name().into(),
+        batch,
+        steps: a.steps,
+        reps: a.reps,
+        variant: format!("{:?}", a.variant).to_lowercase(),
+        first_step_seconds,
+        train_images_per_second: Spread::of(ips),
+        train_ms_per_step: train_ms,
+        eval_images_per_second: Spread::of(eval),
+        host_ms_per_step: Spread::of(host),
+        submit_ms_per_step: Spread::of(submit),
+        device_ms_per_step: device_ms,
+        allocated_mib: gpu.allocated_bytes() as f64 / (1 << 20) as f64,
+        step_gflop: step_flops / 1e9,
+        step_gflops,
+        ceiling_gflops: ceiling,
+        fraction_of_ceiling: ceiling.map(|c| step_gflops / c),
+        kernels: rows,
+    }))
+}
+
+pub fn print(r: &Report) {
+    println!("adapter: {}", r.adapter);
+    println!("preset {} batch {} variant {}, {} steps x {} repetitions (median, min-max)", r.preset, r.batch, r.variant, r.steps, r.reps);
+    println!("first step (pipelines + shader compilation): {:.2} s", r.first_step_seconds);
+    println!("training:   {} images/s, {} ms/step", r.train_images_per_second, r.train_ms_per_step);
+    println!("evaluation: {} images/s (forward only)", r.eval_images_per_second);
+    match r.device_ms_per_step {
+        Some(d) => println!(
+            "host {} ms/step (encoding) against device {:.2} ms/step ({:.1}% overhead)",
+            r.host_ms_per_step,
+            d,
+            100.0 * r.host_ms_per_step.median / d
+        ),
+        None => println!("host {} ms/step (encoding); no device time: the adapter lacks TIMESTAMP_QUERY", r.host_ms_per_step),
+    }
+    println!(
+        "inside queue.submit: {} ms/step (a driver that runs the work on submission, as lavapipe does, spends it here)",
+        r.submit_ms_per_step
+    );
+    println!("device memory allocated by cvae: {:.1} MiB", r.allocated_mib);
+    match (r.ceiling_gflops, r.fraction_of_ceiling) {
+        (Some(c), Some(f)) => println!(
+            "step: {:.2} GFLOP at {:.2} GFLOP/s = {:.0}% of the ceiling ({:.2} GFLOP/s: best matmul kernel, 1024^3)",
+            r.step_gflop,
+            r.step_gflops,
+            100.0 * f,
+            c
+        ),
+        _ => println!("step: {:.2} GFLOP at {:.2} GFLOP/s (no ceiling without TIMESTAMP_QUERY)", r.step_gflop, r.step_gflops),
+    }
+    if r.kernels.is_empty() {
+        println!("(no per-kernel table: the adapter lacks TIMESTAMP_QUERY)");
+        return;
+    }
+    println!("\n{:<34} {:<28} {:>5} {:>9} {:>9} {:>8} {:>7}", "entry point", "layer", "calls", "ms/step", "GFLOP/s", "of ceil", "share");
+    for k in &r.kernels {
+        let g = k.gflops.map(|g| format!("{g:.2}")).unwrap_or_else(|| "-".into());
+        let f = match (k.gflops, r.ceiling_gflops) {
+            (Some(g), Some(c)) => format!("{:.0}%", 100.0 * g / c),
+            _ => "-".into(),
+        };
+        println!("{:<34} {:<28} {:>5} {:>9.3} {:>9} {:>8} {:>6.1}%", k.entry, k.layer, k.calls, k.ms, g, f, 100.0 * k.share);
+    }
+}
+
+/// Run one kernel's variants on one layer's shape: check each against the CPU
+/// reference, then time it (median of 5 with timestamp queries).
+fn sandbox(gpu: &Gpu, kernels: &Kernels, model: &Model, batch: usize, entry: &str, layer: Option<&str>) -> Result<()> {
+    let name = layer.ok_or_else(|| anyhow!("--kernel needs --layer (one of: {})", layer_names(model).join(", ")))?;
+    let (net, lname) = name.split_once('.').ok_or_else(|| anyhow!("--layer takes encoder.NAME or decoder.NAME, got {name}"))?;
+    let layers = if net == "encoder" { &model.encoder } else { &model.decoder };
+    let l = layers.iter().find(|l| l.name == lname).ok_or_else(|| anyhow!("no layer {name}; layers: {}", layer_names(model).join(", ")))?;
+    let rand = |n: usize, tag: u32| -> Vec<f32> {
+        let r = crate::rng::Rng::new(99);
+        (0..n).map(|i| 2.0 * r.uniform(crate::rng::Stream::Init, tag, i as u32) - 1.0).collect()
+    };
+    println!("{entry} on {name} at batch {batch}");
+    for variant in [Variant::Portable, Variant::Blocked] {
+        let o = Ops { gpu, k: kernels, variant };
+        let (d, got_buf, want, n_out): (crate::gpu::kernels::Dispatch, wgpu::Buffer, Vec<f32>, usize) = match (l.layer, entry) {
+            (Layer::Conv2D { .. } | Layer::Conv2DTranspose { .. }, _) => {
+                let g = l.conv_geom(batch).context("conv layer")?;
+                let t = matches!(l.layer, Layer::Conv2DTranspose { .. });
+                let (x, k, dy) = (rand(g.in_len(), 1), rand(g.kernel_len(), 2), rand(g.out_len(), 3));
+                let b = vec![0.1f32; g.out_c];
+                let mut p = k.clone();
+                p.extend_from_slice(&b);
+                let (xb, pb, dyb) = (gpu.upload("x", &x), gpu.upload("p", &p), gpu.upload("dy", &dy));
+                let w = Weights { params: &pb, w_off: 0, b_off: k.len() };
+                let lin = crate::model::Activation::Linear;
+                use crate::cpu::{conv2d as c, conv2d_transpose as ct};
+                match (t, entry.trim_start_matches("conv2d_transpose_").trim_start_matches("conv2d_")) {
+                    (false, "forward") => {
+                        let y = gpu.zeros("y", g.out_len());
+                        (o.conv2d_forward(&g, &xb, w, false, &y)?, y, c::conv2d_forward(&g, &x, &k, &b, lin), g.out_len())
+                    }
+                    (false, "backward_input") => {
+                        let y = gpu.zeros("dx", g.in_len());
+                        (o.conv2d_backward_input(&g, &dyb, w, &y)?, y, c::conv2d_backward_input(&g, &dy, &k), g.in_len())
+                    }
+                    (false, "backward_kernel") => {
+                        let y = gpu.zeros("dk", g.kernel_len() + g.out_c);
+                        let gw = Weights { params: &y, w_off: 0, b_off: k.len() };
+                        (o.conv2d_backward_kernel(&g, &xb, &dyb, gw)?, y, c::conv2d_backward_kernel(&g, &x, &dy), g.kernel_len())
+                    }
+                    (true, "forward") => {
+                        let y = gpu.zeros("y", g.out_len());
+                        (
+                            o.conv2d_transpose_forward(&g, &xb, w, false, &y)?,
+                            y,
+                            ct::conv2d_transpose_forward(&g, &x, &k, &b, lin),
+                            g.out_len(),
+                        )
+                    }
+                    (true, "backward_input") => {
+                        let y = gpu.zeros("dx", g.in_len());
+                        (
+                            o.conv2d_transpose_backward_input(&g, &dyb, w, &y)?,
+                            y,
+                            ct::conv2d_transpose_backward_input(&g, &dy, &k),
+                            g.in_len(),
+                        )
+                    }
+                    (true, "backward_kernel") => {
+                        let y = gpu.zeros("dk", g.kernel_len() + g.out_c);
+                        let gw = Weights { params: &y, w_off: 0, b_off: k.len() };
+                        (
+                            o.conv2d_transpose_backward_kernel(&g, &xb, &dyb, gw)?,
+                            y,
+                            ct::conv2d_transpose_backward_kernel(&g, &x, &dy),
+                            g.kernel_len(),
+                        )
+                    }
+                    _ => bail!("{entry} does not apply to {name}; try conv2d[_transpose]_forward, _backward_input or _backward_kernel"),
+                }
+            }
+            (Layer::Dense { units, .. }, _) => {
+                let i = l.input.len();
+                let (x, k, dy) = (rand(batch * i, 1), rand(i * units, 2), rand(batch * units, 3));
+                let b = vec![0.1f32; units];
+                let mut p = k.clone();
+                p.extend_from_slice(&b);
+                let (xb, pb, dyb) = (gpu.upload("x", &x), gpu.upload("p", &p), gpu.upload("dy", &dy));
+                let w = Weights { params: &pb, w_off: 0, b_off: k.len() };
+                use crate::cpu::dense as dn;
+                match entry {
+                    "dense_forward" => {
+                        let y = gpu.zeros("y", batch * units);
+                        (
+                            o.dense_forward(batch, i, units, &xb, w, false, &y)?,
+                            y,
+                            dn::dense_forward(&x, &k, &b, i, crate::model::Activation::Linear),
+                            batch * units,
+                        )
+                    }
+                    "dense_backward_input" => {
+                        let y = gpu.zeros("dx", batch * i);
+                        (o.dense_backward_input(batch, i, units, &dyb, w, &y)?, y, dn::dense_backward_input(&dy, &k, i, units), batch * i)
+                    }
+                    "dense_backward_kernel" => {
+                        let y = gpu.zeros("dk", i * units + units);
+                        let gw = Weights { params: &y, w_off: 0, b_off: k.len() };
+                        (
+                            o.dense_backward_kernel(batch, i, units, &xb, &dyb, gw)?,
+                            y,
+                            dn::dense_backward_kernel(&x, &dy, i, units),
+                            i * units,
+                        )
+                    }
+                    _ => bail!("{entry} does not apply to {name}; try dense_forward, dense_backward_input or dense_backward_kernel"),
+                }
+            }
+            _ => bail!("{name} has no weights to benchmark"),
+        };
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            times.push(profile(gpu, kernels, std::slice::from_ref(&d))?.ok_or_else(|| anyhow!("the adapter lacks TIMESTAMP_QUERY"))?[0]);
+        }
+        let mut got: Vec<f32> = gpu.read(&got_buf)?;
+        got.truncate(n_out);
+        let (mut max_abs, mut max_rel) = (0.0f32, 0.0f32);
+        for (g, w) in got.iter().zip(&want) {
+            max_abs = max_abs.max((g - w).abs());
+            if w.abs() > 1e-3 {
+                max_rel = max_rel.max((g - w).abs() / w.abs());
+            }
+        }
+        let t = Spread::of(times.clone()).median;
+        println!(
+            "  {:<10} {:<36} {:>9.3} ms {:>8.2} GFLOP/s   max abs err {:.2e}, max rel err {:.2e}",
+            format!("{variant:?}").to_lowercase(),
+            d.entry,
+            t / 1e6,
+            d.flops / t,
+            max_abs,
+            max_rel
+        );
+    }
+    Ok(())
+}
+
+fn layer_names(model: &Model) -> Vec<String> {
+    let mut v = Vec::new();
+    for (net, layers) in [("encoder", &model.encoder), ("decoder", &model.decoder)] {
+        for l in layers.iter().filter(|l| l.kernel_param.is_some()) {
+            v.push(format!("{net}.{}", l.name));
+        }
+    }
+    v
+}
