@@ -145,3 +145,62 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, points:
     let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| anyhow!("plot buffer has the wrong size"))?;
     save_png(path, &image::DynamicImage::ImageRgb8(img))
 }
+
+/// Matplotlib's tab10 colors, one per digit class.
+const TAB10: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
+/// A scatter plot of labelled points (label 0-9), with a legend, as PNG.
+pub fn scatter_plot(path: &Path, title: &str, x_label: &str, y_label: &str, points: &[(f64, f64, u8)]) -> Result<()> {
+    use plotters::prelude::*;
+    font()?;
+    let (w, h) = (900u32, 800u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let finite: Vec<&(f64, f64, u8)> = points.iter().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+        let (x0, x1) = finite.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let (y0, y1) = finite.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let (x0, x1, y0, y1) = if finite.is_empty() { (-1.0, 1.0, -1.0, 1.0) } else { (x0, x1, y0, y1) };
+        let (px, py) = (((x1 - x0) * 0.05).max(1e-3), ((y1 - y0) * 0.05).max(1e-3));
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 24))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
+            .map_err(|e| err(&e))?;
+        chart.configure_mesh().x_desc(x_label).y_desc(y_label).label_style(("sans-serif", 15)).draw().map_err(|e| err(&e))?;
+        for class in 0..10u8 {
+            let (r, g, b) = TAB10[class as usize];
+            let color = RGBColor(r, g, b);
+            chart
+                .draw_series(finite.iter().filter(|p| p.2 == class).map(|p| Circle::new((p.0, p.1), 2, color.filled())))
+                .map_err(|e| err(&e))?
+                .label(class.to_string())
+                .legend(move |(x, y)| Circle::new((x, y), 5, color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 16))
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| anyhow!("plot buffer has the wrong size"))?;
+    save_png(path, &image::DynamicImage::ImageRgb8(img))
+}

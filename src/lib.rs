@@ -7,6 +7,8 @@ pub mod cpu;
 pub mod data;
 pub mod gpu;
 pub mod images;
+pub mod inspect;
 pub mod model;
 pub mod rng;
+pub mod stats;
 pub mod train;

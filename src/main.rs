@@ -10,6 +10,7 @@ use cvae::data::Dataset;
 use cvae::gpu::device;
 use cvae::gpu::ops::Variant;
 use cvae::gpu::AdapterChoice;
+use cvae::inspect;
 use cvae::model::{KlKind, Model, Preset};
 use cvae::train::{self, RunOptions, TrainConfig};
 
@@ -46,6 +47,23 @@ enum Command {
     Train(TrainArgs),
     /// Time training steps and every kernel; compare with the adapter's ceiling.
     Bench(BenchCli),
+    /// Decode fresh random latent vectors into a grid of samples.
+    Sample(SampleArgs),
+    /// Test images over their reconstructions.
+    Reconstruct(ReconstructArgs),
+    /// The n x n grid of decodings over two latent axes (the Keras program's picture).
+    Manifold(ManifoldArgs),
+    /// The test set's latent means as a scatter plot colored by digit.
+    Scatter(ScatterArgs),
+    /// Decodings along the line between two test images' encodings.
+    Interpolate(InterpolateArgs),
+    /// Test-set ELBO, its two terms, and an importance-weighted log p(x).
+    Eval(EvalArgs),
+    /// Rebuild a run folder's animated GIF from its epoch grids.
+    Gif {
+        /// The run folder.
+        run: PathBuf,
+    },
     /// Load a data set and print what it holds (checks the files).
     Data {
         /// A folder with the four MNIST-format IDX files, gzipped or raw (default: the built-in MNIST).
@@ -135,8 +153,160 @@ struct BenchCli {
     variant: Variant,
 }
 
+/// Where a look-inside command reads its model and runs.
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// A run folder (its latest checkpoint) or a checkpoint file.
+    run: PathBuf,
+    #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
+    adapter: AdapterChoice,
+    /// The PNG to write [default: inside the run folder].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct SampleArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// How many samples (shown as a square grid).
+    #[arg(long, default_value_t = 16)]
+    n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Scale of the latent noise (below 1 gives cleaner, less varied digits).
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+}
+
+#[derive(clap::Args)]
+struct ReconstructArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// How many test images.
+    #[arg(long, default_value_t = 10)]
+    n: usize,
+    /// Index of the first test image.
+    #[arg(long, default_value_t = 0)]
+    start: usize,
+    /// Decode a sample of q(z|x) instead of its mean.
+    #[arg(long)]
+    sample: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Read test images from this folder instead of the run's data set.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ManifoldArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Grid size (n x n).
+    #[arg(long, default_value_t = 15)]
+    n: usize,
+    /// Two latent dimensions like 0,1 (the rest held at 0), or pca for the test set's first two principal directions.
+    #[arg(long, default_value = "0,1")]
+    axes: inspect::Axes,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ScatterArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Use only the first N test images.
+    #[arg(long)]
+    test_size: Option<usize>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct InterpolateArgs {
+    #[command(flatten)]
+    m: ModelArgs,
+    /// Index of the first test image.
+    #[arg(long, default_value_t = 0)]
+    from: usize,
+    /// Index of the second test image.
+    #[arg(long, default_value_t = 1)]
+    to: usize,
+    /// Decodings along the way (both ends included).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Follow the great circle instead of the straight line.
+    #[arg(long)]
+    slerp: bool,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// A run folder (its latest checkpoint) or a checkpoint file.
+    run: PathBuf,
+    #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
+    adapter: AdapterChoice,
+    /// Importance samples per image for log p(x).
+    #[arg(long, default_value_t = 100)]
+    samples: usize,
+    /// Use only the first N test images.
+    #[arg(long)]
+    test_size: Option<usize>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Sample(a) => {
+            let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
+            println!("wrote {}", inspect::sample(&s, a.n, a.seed, a.temperature, a.m.out)?.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reconstruct(a) => {
+            let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
+            println!("wrote {}", inspect::reconstruct(&s, a.n, a.start, a.sample, a.seed, a.data_dir.as_deref(), a.m.out)?.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manifold(a) => {
+            let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
+            println!("wrote {}", inspect::manifold(&s, a.n, &a.axes, a.data_dir.as_deref(), a.m.out)?.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Scatter(a) => {
+            let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
+            println!("wrote {}", inspect::scatter(&s, a.data_dir.as_deref(), a.test_size, a.m.out)?.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Interpolate(a) => {
+            let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
+            println!("wrote {}", inspect::interpolate(&s, a.from, a.to, a.steps, a.slerp, a.data_dir.as_deref(), a.m.out)?.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval(a) => {
+            let s = inspect::Session::open(&a.run, a.adapter)?;
+            let r = inspect::evaluate(&s, a.samples, a.data_dir.as_deref(), a.test_size)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{} test images, {} ({} epochs)", r.test_images, s.ck.config.preset, s.ck.epoch);
+                println!("ELBO (single sample): {:.3} nats  = -reconstruction {:.3} - KL {:.3}", r.elbo, r.reconstruction, r.kl);
+                println!("log p(x) (importance-weighted, {} samples): {:.3} nats", r.samples, r.log_px);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gif { run } => {
+            let frames = cvae::images::write_gif(&run, &run.join("cvae.gif"))?;
+            println!("wrote {} ({frames} frames)", run.join("cvae.gif").display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(b) => {
             let args = bench::BenchArgs {
                 adapter: b.adapter,

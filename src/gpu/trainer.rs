@@ -107,6 +107,8 @@ pub struct Trainer<'a> {
     decode_fixed: Vec<Dispatch>,
     /// Training steps done so far (the noise counter and Adam's t).
     pub step: u64,
+    /// The largest batch the activation buffers hold.
+    pub cap: usize,
     in_flight: std::collections::VecDeque<wgpu::SubmissionIndex>,
     /// Time the host spent waiting for the device (flow control), for the benchmark.
     pub wait_seconds: f64,
@@ -198,6 +200,7 @@ impl<'a> Trainer<'a> {
             eval_tail: Vec::new(),
             decode_fixed: Vec::new(),
             step: 0,
+            cap,
             in_flight: Default::default(),
             wait_seconds: 0.0,
             submit_seconds: 0.0,
@@ -412,6 +415,82 @@ impl<'a> Trainer<'a> {
             d.extend(self.layer_forward("decoder", l, n, x, &net.bufs[net.dec[i + 1]])?);
         }
         Ok(d)
+    }
+
+    /// Encoder forward on the images `x` ([n, pixels], already preprocessed), in
+    /// chunks the buffers hold. Returns [n, 2 * latent]: mean, then log-variance.
+    pub fn encode(&mut self, x: &[f32]) -> Result<Vec<f32>> {
+        let pixels = self.model.image.len();
+        let width = 2 * self.model.latent;
+        let mut out = Vec::with_capacity(x.len() / pixels * width);
+        for chunk in x.chunks(self.cap * pixels) {
+            let n = chunk.len() / pixels;
+            self.gpu.queue.write_buffer(&self.net.bufs[self.net.enc[0]], 0, bytemuck::cast_slice(chunk));
+            let mut d = Vec::new();
+            for (i, l) in self.model.encoder.iter().enumerate() {
+                d.extend(self.layer_forward("encoder", l, n, &self.net.bufs[self.net.enc[i]], &self.net.bufs[self.net.enc[i + 1]])?);
+            }
+            self.submit(&d)?;
+            let mut e: Vec<f32> = self.gpu.read(&self.net.bufs[*self.net.enc.last().expect("encoder")])?;
+            e.truncate(n * width);
+            out.extend(e);
+        }
+        Ok(out)
+    }
+
+    /// Decoder forward on latent vectors `z` ([n, latent]); returns pixel probabilities [n, pixels].
+    pub fn decode(&mut self, z: &[f32]) -> Result<Vec<f32>> {
+        let latent = self.model.latent;
+        let pixels = self.model.image.len();
+        let mut out = Vec::with_capacity(z.len() / latent * pixels);
+        for chunk in z.chunks(self.cap * latent) {
+            let n = chunk.len() / latent;
+            self.gpu.queue.write_buffer(&self.net.bufs[self.net.dec[0]], 0, bytemuck::cast_slice(chunk));
+            let mut d = Vec::new();
+            for (i, l) in self.model.decoder.iter().enumerate() {
+                d.extend(self.layer_forward("decoder", l, n, &self.net.bufs[self.net.dec[i]], &self.net.bufs[self.net.dec[i + 1]])?);
+            }
+            self.submit(&d)?;
+            let mut p: Vec<f32> = self.gpu.read(&self.net.bufs[*self.net.dec.last().expect("decoder")])?;
+            p.truncate(n * pixels);
+            out.extend(p.into_iter().map(crate::cpu::loss::sigmoid));
+        }
+        Ok(out)
+    }
+
+    /// One importance sample for up to `cap` images: z from q(z|x) with noise
+    /// (EvalNoise stream, step `k`), then per image the summed cross-entropy
+    /// (-log p(x|z)) and log q(z|x) - log p(z). Returns (ce, kl) per image.
+    pub fn sample_terms(&mut self, x: &[f32], k: u32) -> Result<(Vec<f32>, Vec<f32>)> {
+        let pixels = self.model.image.len();
+        let n = x.len() / pixels;
+        if n > self.cap {
+            bail!("sample_terms takes at most {} images at once, got {n}", self.cap);
+        }
+        let o = self.ops();
+        let m = self.model;
+        let net = &self.net;
+        self.gpu.queue.write_buffer(&net.bufs[net.enc[0]], 0, bytemuck::cast_slice(x));
+        self.gpu.queue.write_buffer(&self.eval_step_buf, 0, bytemuck::bytes_of(&StepUniform { step: k, ..Default::default() }));
+        let mut d = Vec::new();
+        for (i, l) in m.encoder.iter().enumerate() {
+            d.extend(self.layer_forward("encoder", l, n, &net.bufs[net.enc[i]], &net.bufs[net.enc[i + 1]])?);
+        }
+        let enc_out = &net.bufs[*net.enc.last().expect("encoder")];
+        let z = &net.bufs[net.dec[0]];
+        d.push(o.reparameterize(n, m.latent, self.rng.key(Stream::EvalNoise), enc_out, &self.eval_step_buf, z, &self.eps)?);
+        for (i, l) in m.decoder.iter().enumerate() {
+            d.extend(self.layer_forward("decoder", l, n, &net.bufs[net.dec[i]], &net.bufs[net.dec[i + 1]])?);
+        }
+        let logits = &net.bufs[*net.dec.last().expect("decoder")];
+        d.push(o.sigmoid_cross_entropy_forward(n, pixels, logits, &net.bufs[net.enc[0]], &self.ce)?);
+        d.push(o.kl_mc_forward(n, m.latent, enc_out, z, &self.kl)?);
+        self.submit(&d)?;
+        let mut ce: Vec<f32> = self.gpu.read(&self.ce)?;
+        let mut kl: Vec<f32> = self.gpu.read(&self.kl)?;
+        ce.truncate(n);
+        kl.truncate(n);
+        Ok((ce, kl))
     }
 
     fn submit(&mut self, dispatches: &[Dispatch]) -> Result<()> {
