@@ -26,6 +26,18 @@ pub struct Checkpoint {
     pub params: Vec<f32>,
     /// Optimizer slots in the order of `slot_names`.
     pub slots: Vec<Vec<f32>>,
+    /// Set when training was interrupted inside an epoch: that epoch's progress.
+    pub partial: Option<Partial>,
+}
+
+/// An epoch interrupted after `losses.len()` batches (Ctrl-C).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Partial {
+    pub epoch: u32,
+    /// The loss of every batch done so far.
+    pub losses: Vec<f32>,
+    /// Training seconds spent on the epoch so far.
+    pub seconds: f64,
 }
 
 /// Keras's names for the optimizer state.
@@ -140,6 +152,9 @@ pub fn save(path: &Path, model: &Model, opt: &Optimizer, ck: &Checkpoint) -> Res
     meta.insert("step".to_string(), ck.step.to_string());
     meta.insert("seed".to_string(), ck.config.seed.to_string());
     meta.insert("rng".to_string(), "pcg4d counter-based: state is (seed, step, epoch)".to_string());
+    if let Some(p) = &ck.partial {
+        meta.insert("partial_epoch".to_string(), serde_json::to_string(p)?);
+    }
     let data = safetensors::serialize(views, Some(meta)).context("serializing the checkpoint")?;
     write_atomic(path, &data).with_context(|| format!("writing checkpoint {}", path.display()))
 }
@@ -149,8 +164,14 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let path = if path.is_dir() { path.join(FILE) } else { path.to_path_buf() };
     let file = path.display().to_string();
     let bytes = std::fs::read(&path).with_context(|| format!("cannot read checkpoint {file}"))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{file}: not a valid safetensors file: {e}"))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{file}: bad header: {e}"))?;
+    load_bytes(&bytes, &file)
+}
+
+/// Parse a checkpoint from memory; `file` names it in errors.
+pub fn load_bytes(bytes: &[u8], file: &str) -> Result<Checkpoint> {
+    let file = file.to_string();
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{file}: not a valid safetensors file: {e}"))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("{file}: bad header: {e}"))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let field = |k: &str| meta.get(k).cloned().ok_or_else(|| anyhow!("{file}: metadata field {k:?} is missing; not a cvae checkpoint?"));
     if field("format")? != FORMAT {
@@ -175,5 +196,9 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     for name in slot_names(&opt) {
         slots.push(flat_from_named(&model, &get, &file, &format!("optimizer.{name}."))?);
     }
-    Ok(Checkpoint { config, epoch, step, params, slots })
+    let partial = match meta.get("partial_epoch") {
+        Some(p) => Some(serde_json::from_str(p).with_context(|| format!("{file}: the partial_epoch metadata does not parse"))?),
+        None => None,
+    };
+    Ok(Checkpoint { config, epoch, step, params, slots, partial })
 }

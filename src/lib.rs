@@ -2,6 +2,19 @@
 //! plain-Rust CPU reference of every op as the oracle the shaders are tested against.
 
 pub mod bench;
+
+/// A mistake in what the user asked for (a flag out of range, a file that is not
+/// what it should be named as): the CLI exits with code 2 for these, 1 for failures.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Return early with a `UsageError`.
+#[macro_export]
+macro_rules! usage {
+    ($($arg:tt)*) => { return Err($crate::UsageError(format!($($arg)*)).into()) };
+}
+
 pub mod checkpoint;
 pub mod cpu;
 pub mod data;

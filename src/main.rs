@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -113,7 +115,7 @@ struct TrainArgs {
     /// GPU backend; auto prefers a real GPU over a software one.
     #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
     adapter: AdapterChoice,
-    /// Continue the run in this folder from its last checkpoint (its saved config is used; --epochs may extend it).
+    /// Continue the run in this folder from its last checkpoint (its saved config is used; --epochs may extend it, --lr may change it).
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     resume: Option<PathBuf>,
     /// Write into a folder that already holds a run, replacing it.
@@ -344,9 +346,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let resume = a.resume.is_some();
             let out = a.resume.or(a.out).unwrap_or_else(train::default_out_dir);
-            let opts = RunOptions { out, adapter: a.adapter, quiet: a.quiet, resume, force: a.force };
-            train::run(config, &opts)?;
-            Ok(ExitCode::SUCCESS)
+            // Ctrl-C: finish the batch in flight, save, exit; a second Ctrl-C exits at once.
+            let flag = Arc::new(AtomicBool::new(false));
+            let f = flag.clone();
+            let _ = ctrlc::set_handler(move || {
+                if f.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("\nstopping after the batch in flight (Ctrl-C again to quit at once)");
+            });
+            let opts = RunOptions {
+                out,
+                adapter: a.adapter,
+                quiet: a.quiet,
+                resume,
+                force: a.force,
+                resume_lr: a.lr.filter(|_| resume),
+                interrupt: Some(flag),
+            };
+            match train::run(config, &opts) {
+                Ok(_) => Ok(ExitCode::SUCCESS),
+                Err(e) if e.downcast_ref::<train::Interrupted>().is_some() => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::from(130))
+                }
+                Err(e) => Err(e),
+            }
         }
         Command::Adapters => {
             let (report, count) = device::adapters_report();
@@ -356,7 +381,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Model { preset, latent_dim } => {
             let latent = latent_dim.unwrap_or(preset.default_latent());
             if latent == 0 {
-                anyhow::bail!("--latent-dim must be at least 1, got 0");
+                cvae::usage!("--latent-dim must be at least 1, got 0");
             }
             let model = Model::preset(preset, latent, preset.default_kl())?;
             print!("{}", model.summary());
@@ -389,7 +414,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<cvae::UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

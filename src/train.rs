@@ -1,8 +1,11 @@
 //! `cvae train`: the reference training program on the GPU, epoch by epoch, with
 //! the test-set ELBO, sample grids, a curve, checkpoints and a GIF in a run folder.
 
-use std::io::{IsTerminal, Write};
+use std::fmt::Write as _;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -48,19 +51,19 @@ impl TrainConfig {
     /// Check the numbers a user can get wrong, before any work.
     pub fn validate(&self) -> Result<()> {
         if self.batch_size == 0 {
-            bail!("--batch-size must be at least 1, got 0");
+            crate::usage!("--batch-size must be at least 1, got 0");
         }
         if self.latent_dim == 0 {
-            bail!("--latent-dim must be at least 1, got 0");
+            crate::usage!("--latent-dim must be at least 1, got 0");
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            bail!("--lr must be a positive number, got {}", self.lr);
+            crate::usage!("--lr must be a positive number, got {}", self.lr);
         }
         if self.epochs == 0 {
-            bail!("--epochs must be at least 1, got 0");
+            crate::usage!("--epochs must be at least 1, got 0");
         }
         if self.train_size == 0 || self.test_size == 0 {
-            bail!("--train-size and --test-size must be at least 1");
+            crate::usage!("--train-size and --test-size must be at least 1");
         }
         Ok(())
     }
@@ -75,6 +78,10 @@ pub struct RunOptions {
     pub resume: bool,
     /// Allow writing into a folder that already holds a run.
     pub force: bool,
+    /// With `resume`: continue with this learning rate instead of the saved one.
+    pub resume_lr: Option<f32>,
+    /// Set (by a Ctrl-C handler) to stop after the batch in flight and save where the run stands.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 /// The result of a run, for callers and tests.
@@ -84,6 +91,7 @@ pub struct RunSummary {
 }
 
 const METRICS: &str = "metrics.csv";
+const METRICS_HEADER: &str = "epoch,train_loss,test_elbo,seconds,images_per_second\n";
 
 pub fn default_out_dir() -> PathBuf {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -116,11 +124,14 @@ fn say(quiet: bool, msg: &str) {
 /// Train (or resume) a run. Prints one line per epoch as the reference program does.
 pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let out = &opts.out;
-    // Resume: the saved config rules, except the number of epochs.
+    // Resume: the saved config rules, except the number of epochs and, when asked, the learning rate.
     let (config, resumed) = if opts.resume {
         let ck = checkpoint::load(out).with_context(|| format!("cannot resume from {}", out.display()))?;
         let mut c = ck.config.clone();
         c.epochs = config.epochs.max(ck.epoch);
+        if let Some(lr) = opts.resume_lr {
+            c.lr = lr;
+        }
         (c, Some(ck))
     } else {
         prepare_out_dir(out, opts.force)?;
@@ -134,10 +145,10 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let data = Dataset::load(config.data_dir.as_deref())?;
     let (mut train, mut test) = (data.train, data.test);
     if config.train_size > train.len() && config.train_size != usize::MAX {
-        bail!("--train-size {} is more than the {} training images in {}", config.train_size, train.len(), data.source);
+        crate::usage!("--train-size {} is more than the {} training images in {}", config.train_size, train.len(), data.source);
     }
     if config.test_size > test.len() && config.test_size != usize::MAX {
-        bail!("--test-size {} is more than the {} test images in {}", config.test_size, test.len(), data.source);
+        crate::usage!("--test-size {} is more than the {} test images in {}", config.test_size, test.len(), data.source);
     }
     train.truncate(config.train_size);
     test.truncate(config.test_size);
@@ -170,39 +181,72 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     };
     let mut trainer =
         Trainer::new(&gpu, &kernels, &model, opt, config.batch_size, config.seed, config.binarize, &train, &test, &init, &fixed_z)?;
-    let start_epoch = match &resumed {
+    // Where to start: after the last complete epoch, or inside an interrupted one.
+    let (start_epoch, mut partial) = match &resumed {
         Some(ck) => {
             trainer.write_state(&ck.params, &ck.slots, ck.step)?;
-            say(opts.quiet, &format!("resuming {} after epoch {} (step {})", out.display(), ck.epoch, ck.step));
-            ck.epoch + 1
+            match &ck.partial {
+                Some(p) => {
+                    say(
+                        opts.quiet,
+                        &format!("resuming {} inside epoch {} after batch {} (step {})", out.display(), p.epoch, p.losses.len(), ck.step),
+                    );
+                    (p.epoch, Some(p.clone()))
+                }
+                None => {
+                    say(opts.quiet, &format!("resuming {} after epoch {} (step {})", out.display(), ck.epoch, ck.step));
+                    (ck.epoch + 1, None)
+                }
+            }
         }
         None => {
-            std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&config)? + "\n")
-                .with_context(|| format!("cannot write {}", out.join("config.json").display()))?;
-            std::fs::write(out.join(METRICS), "epoch,train_loss,test_elbo,seconds,images_per_second\n")
-                .with_context(|| format!("cannot write {}", out.join(METRICS).display()))?;
+            checkpoint::write_atomic(&out.join("config.json"), (serde_json::to_string_pretty(&config)? + "\n").as_bytes())?;
+            checkpoint::write_atomic(&out.join(METRICS), METRICS_HEADER.as_bytes())?;
             save_grid(&mut trainer, out, 0)?;
-            1
+            (1, None)
         }
     };
 
     let mut last_elbo = f64::NAN;
     let steps = trainer.steps_per_epoch();
+    let mut last_complete = resumed.as_ref().map(|ck| ck.epoch).unwrap_or(0);
     for epoch in start_epoch..=config.epochs {
         let bar = progress_bar(opts.quiet, train.len() as u64, epoch, config.epochs);
         let t0 = Instant::now();
         trainer.begin_epoch(epoch);
-        for j in 0..steps {
+        // An interrupted epoch continues where it stopped, with the losses it had.
+        let (first, earlier, earlier_seconds) = match partial.take() {
+            Some(p) => (p.losses.len(), p.losses, p.seconds),
+            None => (0, Vec::new(), 0.0),
+        };
+        bar.inc((first * config.batch_size).min(train.len()) as u64);
+        let mut stopped_after = None;
+        for j in first..steps {
             let n = trainer.train_step(j)?;
             bar.inc(n as u64);
+            if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) && j + 1 < steps {
+                stopped_after = Some(j + 1);
+                break;
+            }
+        }
+        if let Some(done) = stopped_after {
+            // Ctrl-C: the batch in flight is finished; save where the epoch stands.
+            let mut losses = earlier.clone();
+            losses.extend(&trainer.read_train_losses(done)?[first..]);
+            bar.finish_and_clear();
+            check_finite(&losses, epoch, trainer.step - done as u64)?;
+            let (params, slots) = trainer.read_state()?;
+            let p = checkpoint::Partial { epoch, losses, seconds: earlier_seconds + t0.elapsed().as_secs_f64() };
+            let ck = Checkpoint { config: config.clone(), epoch: last_complete, step: trainer.step, params, slots, partial: Some(p) };
+            checkpoint::save(&out.join(checkpoint::FILE), &model, &opt, &ck)?;
+            return Err(Interrupted { epoch, batch: done, steps, out: out.clone() }.into());
         }
         // The one read of the epoch: every batch's loss (waits for the GPU to finish).
-        let losses = trainer.read_train_losses(steps)?;
-        let seconds = t0.elapsed().as_secs_f64();
+        let mut losses = earlier;
+        losses.extend(&trainer.read_train_losses(steps)?[first..]);
+        let seconds = earlier_seconds + t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        if let Some(j) = losses.iter().position(|l| !l.is_finite()) {
-            bail!("the training loss became {} at epoch {epoch}, batch {j} (step {}); stopped without writing a checkpoint for this epoch (try a smaller --lr)", losses[j], (trainer.step - steps as u64) + j as u64);
-        }
+        check_finite(&losses, epoch, trainer.step - steps as u64)?;
         let train_loss = weighted_mean(&losses, train.len(), config.batch_size);
         let elbo = -trainer.evaluate(epoch)?;
         last_elbo = elbo;
@@ -214,8 +258,9 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         save_grid(&mut trainer, out, epoch)?;
         plot_elbo(out)?;
         let (params, slots) = trainer.read_state()?;
-        let ck = Checkpoint { config: config.clone(), epoch, step: trainer.step, params, slots };
+        let ck = Checkpoint { config: config.clone(), epoch, step: trainer.step, params, slots, partial: None };
         checkpoint::save(&out.join(checkpoint::FILE), &model, &opt, &ck)?;
+        last_complete = epoch;
     }
     trainer.finish()?;
     let frames = images::write_gif(out, &out.join("cvae.gif"))?;
@@ -226,6 +271,30 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     Ok(RunSummary { last_elbo, epochs_done: config.epochs })
 }
 
+/// Training stopped by Ctrl-C after a checkpoint of where it stood was written.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted during epoch {epoch} after batch {batch} of {steps}; the checkpoint holds where it stopped: continue with `cvae train --resume {}`", out.display())]
+pub struct Interrupted {
+    pub epoch: u32,
+    pub batch: usize,
+    pub steps: usize,
+    pub out: PathBuf,
+}
+
+/// A NaN or infinite batch loss stops the run, naming where it appeared; the last
+/// checkpoint (of the last good epoch) is left as it is.
+/// `epoch_start` is the step number of the epoch's first batch.
+fn check_finite(losses: &[f32], epoch: u32, epoch_start: u64) -> Result<()> {
+    if let Some(j) = losses.iter().position(|l| !l.is_finite()) {
+        bail!(
+            "the training loss became {} at epoch {epoch}, batch {j} (step {}); stopped without writing a checkpoint for this epoch, the last good one is kept (try a smaller --lr)",
+            losses[j],
+            epoch_start + j as u64
+        );
+    }
+    Ok(())
+}
+
 /// Mean over examples of per-batch means (the last batch may be smaller).
 fn weighted_mean(losses: &[f32], total: usize, batch: usize) -> f64 {
     losses.iter().enumerate().map(|(j, &l)| l as f64 * batch.min(total - j * batch) as f64).sum::<f64>() / total as f64
@@ -233,10 +302,10 @@ fn weighted_mean(losses: &[f32], total: usize, batch: usize) -> f64 {
 
 fn prepare_out_dir(out: &Path, force: bool) -> Result<()> {
     if out.exists() && !out.is_dir() {
-        bail!("--out {} is a file, not a folder", out.display());
+        crate::usage!("--out {} is a file, not a folder", out.display());
     }
     if out.join(checkpoint::FILE).exists() && !force {
-        bail!(
+        crate::usage!(
             "{} already holds a run (checkpoint.safetensors); use --resume {} to continue it, --force to overwrite it, or another --out",
             out.display(),
             out.display()
@@ -265,12 +334,15 @@ fn save_grid(trainer: &mut Trainer<'_>, out: &Path, epoch: u32) -> Result<()> {
     images::save_png(&out.join(format!("image_at_epoch_{epoch:04}.png")), &image::DynamicImage::ImageLuma8(img))
 }
 
+/// Add a row to metrics.csv, rewriting the file atomically.
 fn append_metrics(out: &Path, epoch: u32, train_loss: f64, elbo: f64, seconds: f64, ips: f64) -> Result<()> {
     let path = out.join(METRICS);
-    let mut f = std::fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    writeln!(f, "{epoch},{train_loss:.6},{elbo:.6},{seconds:.3},{ips:.1}").with_context(|| format!("cannot write {}", path.display()))?;
-    f.sync_all().ok();
-    Ok(())
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| METRICS_HEADER.to_string());
+    // A row for this epoch from an earlier, interrupted attempt is replaced.
+    let keep: Vec<&str> = text.lines().filter(|l| l.split(',').next() != Some(&epoch.to_string())).collect();
+    text = keep.join("\n") + "\n";
+    writeln!(text, "{epoch},{train_loss:.6},{elbo:.6},{seconds:.3},{ips:.1}").expect("writing to a String");
+    checkpoint::write_atomic(&path, text.as_bytes())
 }
 
 /// Read metrics.csv back: (epoch, train loss, test ELBO) per row.

@@ -29,8 +29,19 @@ fn run_dir() -> &'static PathBuf {
             test_size: 40,
             data_dir: None,
         };
-        train::run(config, &RunOptions { out: dir.clone(), adapter: AdapterChoice::Auto, quiet: true, resume: false, force: false })
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        train::run(
+            config,
+            &RunOptions {
+                out: dir.clone(),
+                adapter: AdapterChoice::Auto,
+                quiet: true,
+                resume: false,
+                force: false,
+                resume_lr: None,
+                interrupt: None,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
         dir
     })
 }

@@ -137,7 +137,7 @@ fn config(epochs: u32) -> TrainConfig {
 }
 
 fn opts(out: &Path, resume: bool) -> RunOptions {
-    RunOptions { out: out.to_path_buf(), adapter: AdapterChoice::Auto, quiet: true, resume, force: false }
+    RunOptions { out: out.to_path_buf(), adapter: AdapterChoice::Auto, quiet: true, resume, force: false, resume_lr: None, interrupt: None }
 }
 
 /// The deterministic columns of metrics.csv (epoch, train loss, test ELBO).
@@ -182,4 +182,25 @@ fn a_short_run_writes_everything_resumes_exactly_and_repeats() {
     assert!(ca.params == cb.params && ca.slots == cb.slots, "resumed parameters differ from the uninterrupted run's");
     // Determinism: the same seed on the same adapter gives identical metrics.
     assert_eq!(ma, metrics(&b), "metrics differ between identical runs");
+}
+
+/// A device lost in the middle of training (here: destroyed) stops the run with a
+/// message instead of a panic.
+#[test]
+fn a_lost_device_is_an_error_not_a_panic() {
+    let gpu = gpu();
+    let kernels = Kernels::new(&gpu).unwrap();
+    let model = Model::preset(Preset::TfCvae, 4, cvae::model::KlKind::Mc).unwrap();
+    let data = Dataset::embedded().unwrap();
+    let (mut train, mut test) = (data.train.clone(), data.test.clone());
+    train.truncate(32);
+    test.truncate(16);
+    let init = model.init_params(1);
+    let mut t = Trainer::new(&gpu, &kernels, &model, Preset::TfCvae.default_optimizer(), 16, 1, true, &train, &test, &init, &[]).unwrap();
+    t.begin_epoch(1);
+    t.train_step(0).unwrap();
+    gpu.device.destroy();
+    let r = t.train_step(1).and_then(|_| t.read_train_losses(2).map(|_| 0));
+    let e = format!("{:#}", r.expect_err("a destroyed device must give an error"));
+    assert!(e.contains("lost") || e.contains("GPU"), "{e}");
 }

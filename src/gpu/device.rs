@@ -116,6 +116,9 @@ fn pick(adapters: Vec<wgpu::Adapter>) -> Option<wgpu::Adapter> {
 
 /// The device and queue the program computes on, with what the adapter offers.
 pub struct Gpu {
+    /// The first error the device reported outside any call that returns one
+    /// (validation, out of memory, device loss), kept for `check` instead of a panic.
+    pub fault: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     /// Bytes of buffers this program has created on the device (never freed while
     /// training, so this is also the peak).
     pub allocated: std::sync::atomic::AtomicU64,
@@ -138,10 +141,7 @@ impl Gpu {
             } else {
                 others.iter().map(|a| describe(&a.get_info())).collect::<Vec<_>>().join("; ")
             };
-            bail!(
-                "no adapter for --adapter {choice:?} (adapters that exist: {list}).\n{LAVAPIPE_HELP}",
-                choice = format!("{choice:?}").to_lowercase()
-            );
+            bail!("no adapter for --adapter {} (adapters that exist: {list}).\n{LAVAPIPE_HELP}", format!("{choice:?}").to_lowercase());
         };
         let info = adapter.get_info();
         let needed = wgpu::Limits::default();
@@ -157,7 +157,18 @@ impl Gpu {
             ..Default::default()
         }))
         .with_context(|| format!("could not open a device on {}", describe(&info)))?;
-        Ok(Gpu { allocated: Default::default(), device, queue, info, features, limits: needed })
+        let fault: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+        let f = fault.clone();
+        device.on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
+            let mut slot = f.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| e.to_string());
+        }));
+        let f = fault.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            let mut slot = f.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| format!("the device was lost ({reason:?}): {msg}"));
+        });
+        Ok(Gpu { fault, allocated: Default::default(), device, queue, info, features, limits: needed })
     }
 
     pub fn name(&self) -> String {
@@ -218,10 +229,19 @@ impl Gpu {
         self.allocated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Block until the queue is idle.
+    /// Block until the queue is idle; then report any error the device raised.
     pub fn wait(&self) -> Result<()> {
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow::anyhow!("waiting for the GPU failed: {e}"))?;
-        Ok(())
+        self.check()
+    }
+
+    /// An error if the device has reported a fault (validation error, out of memory, device lost).
+    pub fn check(&self) -> Result<()> {
+        let slot = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(msg) => bail!("the GPU reported an error on {}: {msg}", describe(&self.info)),
+            None => Ok(()),
+        }
     }
 
     /// Copy a buffer back to the host (blocking: tests, checkpoints, images; never per batch).

@@ -494,6 +494,8 @@ impl<'a> Trainer<'a> {
     }
 
     fn submit(&mut self, dispatches: &[Dispatch]) -> Result<()> {
+        // A lost device or a validation error stops the run here, not at the epoch's end.
+        self.gpu.check()?;
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
