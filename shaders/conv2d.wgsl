@@ -143,6 +143,18 @@ fn conv2d_backward_kernel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
 @group(0) @binding(10) var<storage, read> dy4: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read_write> dx4: array<vec4<f32>>;
 
+// A blocked invocation's output: (channel block, column, row, first of 4 images),
+// channel block fastest.
+fn pixel_block(idx: u32, blocks: u32, w: u32, h: u32) -> vec4<u32> {
+    let r = idx / blocks;
+    return vec4<u32>(idx % blocks, r % w, (r / w) % h, (r / w / h) * 4u);
+}
+
+// The 4 images of a block; images past the batch read the last one and are not stored.
+fn images4(b0: u32) -> vec4<u32> {
+    return vec4<u32>(b0, min(b0 + 1u, p.batch - 1u), min(b0 + 2u, p.batch - 1u), min(b0 + 3u, p.batch - 1u));
+}
+
 fn finish(acc: vec4<f32>, ch: u32) -> vec4<f32> {
     var v = acc;
     if p.bias != 0u {
@@ -159,16 +171,15 @@ fn conv2d_forward_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     let c4n = p.in_c / 4u;
     let idx = linear_id(wid, nwg, lid);
     if idx >= (p.batch + 3u) / 4u * p.out_h * p.out_w * f4n { return; }
-    let f4 = idx % f4n;
-    var r = idx / f4n;
-    let ox = r % p.out_w;
-    r = r / p.out_w;
-    let oy = r % p.out_h;
-    let b0 = (r / p.out_h) * 4u;
-    // Images past the batch read the last one and are not stored.
-    let b1 = min(b0 + 1u, p.batch - 1u);
-    let b2 = min(b0 + 2u, p.batch - 1u);
-    let b3 = min(b0 + 3u, p.batch - 1u);
+    let q = pixel_block(idx, f4n, p.out_w, p.out_h);
+    let f4 = q.x;
+    let ox = q.y;
+    let oy = q.z;
+    let bs = images4(q.w);
+    let b0 = bs.x;
+    let b1 = bs.y;
+    let b2 = bs.z;
+    let b3 = bs.w;
     let wbase = p.w_off / 4u;
     var a0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
@@ -215,15 +226,15 @@ fn conv2d_backward_input_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin
     let c4n = p.in_c / 4u;
     let idx = linear_id(wid, nwg, lid);
     if idx >= (p.batch + 3u) / 4u * p.in_h * p.in_w * c4n { return; }
-    let c4 = idx % c4n;
-    var r = idx / c4n;
-    let ix = r % p.in_w;
-    r = r / p.in_w;
-    let iy = r % p.in_h;
-    let b0 = (r / p.in_h) * 4u;
-    let b1 = min(b0 + 1u, p.batch - 1u);
-    let b2 = min(b0 + 2u, p.batch - 1u);
-    let b3 = min(b0 + 3u, p.batch - 1u);
+    let q = pixel_block(idx, c4n, p.in_w, p.in_h);
+    let c4 = q.x;
+    let ix = q.y;
+    let iy = q.z;
+    let bs = images4(q.w);
+    let b0 = bs.x;
+    let b1 = bs.y;
+    let b2 = bs.z;
+    let b3 = bs.w;
     let wbase = p.w_off / 4u;
     let plane = p.out_h * p.out_w;
     var a0 = vec4<f32>(0.0);
@@ -344,15 +355,15 @@ fn conv2d_forward_blocked_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin
     let f4n = p.out_c / 4u;
     let idx = linear_id(wid, nwg, lid);
     if idx >= (p.batch + 3u) / 4u * p.out_h * p.out_w * f4n { return; }
-    let f4 = idx % f4n;
-    var r = idx / f4n;
-    let ox = r % p.out_w;
-    r = r / p.out_w;
-    let oy = r % p.out_h;
-    let b0 = (r / p.out_h) * 4u;
-    let b1 = min(b0 + 1u, p.batch - 1u);
-    let b2 = min(b0 + 2u, p.batch - 1u);
-    let b3 = min(b0 + 3u, p.batch - 1u);
+    let q = pixel_block(idx, f4n, p.out_w, p.out_h);
+    let f4 = q.x;
+    let ox = q.y;
+    let oy = q.z;
+    let bs = images4(q.w);
+    let b0 = bs.x;
+    let b1 = bs.y;
+    let b2 = bs.z;
+    let b3 = bs.w;
     let plane = p.in_h * p.in_w * p.in_c;
     var a0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
@@ -396,15 +407,15 @@ fn conv2d_backward_input_blocked_scalar(@builtin(workgroup_id) wid: vec3<u32>, @
     let f4n = p.out_c / 4u;
     let idx = linear_id(wid, nwg, lid);
     if idx >= (p.batch + 3u) / 4u * p.in_h * p.in_w * p.in_c { return; }
-    let c = idx % p.in_c;
-    var r = idx / p.in_c;
-    let ix = r % p.in_w;
-    r = r / p.in_w;
-    let iy = r % p.in_h;
-    let b0 = (r / p.in_h) * 4u;
-    let b1 = min(b0 + 1u, p.batch - 1u);
-    let b2 = min(b0 + 2u, p.batch - 1u);
-    let b3 = min(b0 + 3u, p.batch - 1u);
+    let q = pixel_block(idx, p.in_c, p.in_w, p.in_h);
+    let c = q.x;
+    let ix = q.y;
+    let iy = q.z;
+    let bs = images4(q.w);
+    let b0 = bs.x;
+    let b1 = bs.y;
+    let b2 = bs.z;
+    let b3 = bs.w;
     let plane = p.out_h * p.out_w;
     var a = vec4<f32>(0.0);
     for (var i = 0u; i < p.k_h; i++) {
