@@ -74,6 +74,20 @@ pub fn maybe_gunzip(bytes: &[u8], file: &str) -> Result<Vec<u8>, DataError> {
 /// The header is: two zero bytes, type code 0x08 (u8), the number of dimensions,
 /// then each dimension as a big-endian u32.
 pub fn parse_idx(bytes: &[u8], file: &str, ndim: usize) -> Result<Idx, DataError> {
+    let (dims, header) = check_idx(bytes, file, ndim)?;
+    Ok(Idx { dims, data: bytes[header..].to_vec() })
+}
+
+/// As `parse_idx`, taking the bytes: the header is removed in place, so a 47 MB
+/// file is not held twice.
+pub fn into_idx(mut bytes: Vec<u8>, file: &str, ndim: usize) -> Result<Idx, DataError> {
+    let (dims, header) = check_idx(&bytes, file, ndim)?;
+    bytes.drain(..header);
+    Ok(Idx { dims, data: bytes })
+}
+
+/// Validate an IDX file; returns its dimensions and the header length.
+fn check_idx(bytes: &[u8], file: &str, ndim: usize) -> Result<(Vec<usize>, usize), DataError> {
     if bytes.len() < 4 {
         return Err(format_err(file, format!("truncated: {} bytes, shorter than the 4-byte IDX magic number", bytes.len())));
     }
@@ -103,7 +117,7 @@ pub fn parse_idx(bytes: &[u8], file: &str, ndim: usize) -> Result<Idx, DataError
         let how = if body < expected { "truncated" } else { "too long" };
         return Err(format_err(file, format!("{how}: dimensions {dims:?} need {expected} bytes of data, found {body}")));
     }
-    Ok(Idx { dims, data: bytes[header..].to_vec() })
+    Ok((dims, header))
 }
 
 /// Images and labels of one split, images as raw bytes (0..=255) row-major.
@@ -195,9 +209,9 @@ impl Dataset {
     }
 
     fn from_parts(source: String, parts: Vec<(String, Vec<u8>)>) -> Result<Dataset, DataError> {
-        let split = |img: &(String, Vec<u8>), lab: &(String, Vec<u8>)| -> Result<Split, DataError> {
-            let images = parse_idx(&img.1, &img.0, 3)?;
-            let labels = parse_idx(&lab.1, &lab.0, 1)?;
+        let split = |img: (String, Vec<u8>), lab: (String, Vec<u8>)| -> Result<Split, DataError> {
+            let images = into_idx(img.1, &img.0, 3)?;
+            let labels = into_idx(lab.1, &lab.0, 1)?;
             let (n_images, rows, cols) = (images.dims[0], images.dims[1], images.dims[2]);
             if rows == 0 || cols == 0 {
                 return Err(format_err(&img.0, format!("images of {rows}x{cols} pixels; expected a non-empty size")));
@@ -210,14 +224,17 @@ impl Dataset {
             }
             Ok(Split { images: images.data, labels: labels.data, rows, cols })
         };
-        let train = split(&parts[0], &parts[1])?;
-        let test = split(&parts[2], &parts[3])?;
+        let (train_file, test_file) = (parts[0].0.clone(), parts[2].0.clone());
+        let mut parts = parts.into_iter();
+        let mut next = || parts.next().expect("four files");
+        let train = split(next(), next())?;
+        let test = split(next(), next())?;
         if (train.rows, train.cols) != (test.rows, test.cols) {
             return Err(DataError::SizeMismatch {
-                train: parts[0].0.clone(),
+                train: train_file,
                 train_rows: train.rows,
                 train_cols: train.cols,
-                test: parts[2].0.clone(),
+                test: test_file,
                 test_rows: test.rows,
                 test_cols: test.cols,
             });

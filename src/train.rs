@@ -181,6 +181,9 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     };
     let mut trainer =
         Trainer::new(&gpu, &kernels, &model, opt, config.batch_size, config.seed, config.binarize, &train, &test, &init, &fixed_z)?;
+    // The images now live on the device; the host copy is not needed again.
+    let train_len = train.len();
+    drop((train, test));
     // Where to start: after the last complete epoch, or inside an interrupted one.
     let (start_epoch, mut partial) = match &resumed {
         Some(ck) => {
@@ -211,7 +214,7 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let steps = trainer.steps_per_epoch();
     let mut last_complete = resumed.as_ref().map(|ck| ck.epoch).unwrap_or(0);
     for epoch in start_epoch..=config.epochs {
-        let bar = progress_bar(opts.quiet, train.len() as u64, epoch, config.epochs);
+        let bar = progress_bar(opts.quiet, train_len as u64, epoch, config.epochs);
         let t0 = Instant::now();
         trainer.begin_epoch(epoch);
         // An interrupted epoch continues where it stopped, with the losses it had.
@@ -219,7 +222,7 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             Some(p) => (p.losses.len(), p.losses, p.seconds),
             None => (0, Vec::new(), 0.0),
         };
-        bar.inc((first * config.batch_size).min(train.len()) as u64);
+        bar.inc((first * config.batch_size).min(train_len) as u64);
         let mut stopped_after = None;
         for j in first..steps {
             let n = trainer.train_step(j)?;
@@ -247,10 +250,10 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         let seconds = earlier_seconds + t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
         check_finite(&losses, epoch, trainer.step - steps as u64)?;
-        let train_loss = weighted_mean(&losses, train.len(), config.batch_size);
+        let train_loss = weighted_mean(&losses, train_len, config.batch_size);
         let elbo = -trainer.evaluate(epoch)?;
         last_elbo = elbo;
-        let images_per_second = train.len() as f64 / seconds;
+        let images_per_second = train_len as f64 / seconds;
         if !opts.quiet {
             println!("Epoch: {epoch}, Test set ELBO: {elbo:.4}, time elapse for current epoch: {seconds:.3}");
         }

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use common::{abs_vec, assert_within, dot_bound, rand_vec, U};
 use cvae::cpu;
 use cvae::gpu::kernels::{Dispatch, Kernels};
-use cvae::gpu::ops::{pack_bytes, Ops, StepUniform, Variant, Weights};
+use cvae::gpu::ops::{Ops, StepUniform, Variant, Weights};
 use cvae::gpu::{device, AdapterChoice, Gpu};
 use cvae::model::{ConvGeom, KlKind, Layer, Model, Padding, Preset};
 use cvae::rng::{Rng, Stream};
@@ -561,7 +561,7 @@ fn gather_images_matches_the_cpu() {
     train.truncate(1001);
     let pixels = train.pixels();
     let order = Rng::new(5).permutation(0, train.len());
-    let images = gpu.upload("images", &pack_bytes(&train.images));
+    let images = gpu.upload_bytes("images", &train.images);
     let ob = gpu.upload("order", &order);
     for (binarize, batch, start) in [(true, 100, 0), (false, 7, 993), (true, 1, 500)] {
         let xb = gpu.zeros("x", batch * pixels);

@@ -37,7 +37,9 @@ pub fn quiet_driver_noise() {
     if ok {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("cvae-runtime-{}", std::process::id()));
+    // One folder per user, reused by every run (not one per process).
+    let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_else(|_| "user".into());
+    let dir = std::env::temp_dir().join(format!("cvae-runtime-{user}"));
     if std::fs::create_dir_all(&dir).is_ok() {
         #[cfg(unix)]
         {
@@ -198,6 +200,17 @@ impl Gpu {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let contents = if bytes.is_empty() { &[0u8; 4][..] } else { bytes };
         self.count(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents, usage: TENSOR }))
+    }
+
+    /// A storage buffer of raw bytes, read in shaders as `array<u32>` with byte i of
+    /// a word at bits 8i (WGSL is little-endian). Padded with zeros to a multiple of 4.
+    pub fn upload_bytes(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        if bytes.len().is_multiple_of(4) && !bytes.is_empty() {
+            return self.upload(label, bytes);
+        }
+        let mut padded = bytes.to_vec();
+        padded.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
+        self.upload(label, &padded)
     }
 
     /// A zero-filled storage buffer of `n` f32.

@@ -662,8 +662,3 @@ impl Ops<'_> {
         self.k.dispatch(self.gpu, "gather_images", bytes_of(&u), &[(1, images), (2, order), (3, x), (4, step)], batch * pixels)
     }
 }
-
-/// Bytes packed four to a u32, little-endian, as `gather.wgsl` unpacks them.
-pub fn pack_bytes(bytes: &[u8]) -> Vec<u32> {
-    bytes.chunks(4).map(|c| c.iter().enumerate().fold(0u32, |w, (i, &b)| w | (u32::from(b) << (8 * i)))).collect()
-}

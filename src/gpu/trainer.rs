@@ -11,7 +11,7 @@
 use anyhow::{bail, Result};
 
 use super::kernels::{Dispatch, Kernels};
-use super::ops::{pack_bytes, Ops, StepUniform, Variant, Weights};
+use super::ops::{Ops, StepUniform, Variant, Weights};
 use super::Gpu;
 use crate::cpu::optim::adam_alpha;
 use crate::data::Split;
@@ -178,9 +178,9 @@ impl<'a> Trainer<'a> {
             params: gpu.upload("params", params),
             grads: gpu.zeros("grads", model.num_params),
             slots: (0..opt.state_slots()).map(|i| gpu.zeros(&format!("optimizer slot {i}"), model.num_params)).collect(),
-            train_images: gpu.upload("train images", &pack_bytes(&train.images)),
+            train_images: gpu.upload_bytes("train images", &train.images),
             train_order: gpu.zeros("train order", train.len()),
-            test_images: gpu.upload("test images", &pack_bytes(&test.images)),
+            test_images: gpu.upload_bytes("test images", &test.images),
             test_order: gpu.upload("test order", &identity),
             train_len: train.len(),
             test_len: test.len(),
