@@ -21,23 +21,8 @@ use cvae::model::{Activation, ConvGeom, Padding};
 const LIN_ATOL: f64 = 1e-2;
 const LIN_RTOL: f64 = 1e-2;
 
-/// Shapes covering batch 1, odd sizes, both paddings, both strides, non-square kernels' worth of taps.
 fn geoms(transpose: bool) -> Vec<ConvGeom> {
-    let mut v = Vec::new();
-    for &(batch, h, w, c, f, k, s, pad) in &[
-        (1, 5, 5, 1, 2, 3, 1, Padding::Same),
-        (2, 7, 6, 3, 4, 3, 2, Padding::Same),
-        (1, 7, 7, 2, 3, 3, 2, Padding::Valid),
-        (3, 6, 5, 2, 2, 3, 1, Padding::Valid),
-        (2, 4, 4, 3, 2, 2, 2, Padding::Same),
-    ] {
-        v.push(if transpose {
-            ConvGeom::conv2d_transpose(batch, (h, w, c), f, k, s, pad)
-        } else {
-            ConvGeom::conv2d(batch, (h, w, c), f, k, s, pad)
-        });
-    }
-    v
+    common::small_conv_cases(transpose)
 }
 
 #[test]

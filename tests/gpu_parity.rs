@@ -90,28 +90,20 @@ fn check_untouched(grads: &[f32], keep: std::ops::Range<usize>, what: &str) {
 /// Small shapes (batch 1, odd sizes, both paddings, both strides) and every
 /// conv layer of both presets (at batch 2).
 fn conv_cases(transpose: bool) -> Vec<ConvGeom> {
-    let mut v = Vec::new();
-    for &(batch, h, w, c, f, k, s, pad) in &[
-        (1, 5, 5, 1, 2, 3, 1, Padding::Same),
-        (2, 7, 6, 3, 4, 3, 2, Padding::Same),
-        (1, 7, 7, 2, 3, 3, 2, Padding::Valid),
-        (3, 6, 5, 2, 2, 3, 1, Padding::Valid),
-        (2, 4, 4, 3, 2, 2, 2, Padding::Same),
-        (5, 9, 9, 3, 5, 3, 2, Padding::Valid),
-        // Channel counts the blocked kernels take (multiples of 4 and 16, one input
-        // channel), with batches that are not multiples of 4.
-        (3, 7, 6, 4, 8, 3, 2, Padding::Same),
-        (5, 9, 9, 1, 16, 3, 2, Padding::Valid),
-        (2, 8, 8, 8, 4, 3, 1, Padding::Same),
-        (1, 5, 5, 4, 4, 3, 2, Padding::Valid),
-        (6, 6, 7, 16, 1, 3, 1, Padding::Same),
-    ] {
-        v.push(if transpose {
-            ConvGeom::conv2d_transpose(batch, (h, w, c), f, k, s, pad)
-        } else {
-            ConvGeom::conv2d(batch, (h, w, c), f, k, s, pad)
-        });
-    }
+    let mut v = common::small_conv_cases(transpose);
+    v.extend(common::conv_cases_from(
+        transpose,
+        &[
+            (5, 9, 9, 3, 5, 3, 2, Padding::Valid),
+            // Channel counts the blocked kernels take (multiples of 4 and 16, one input
+            // channel), with batches that are not multiples of 4.
+            (3, 7, 6, 4, 8, 3, 2, Padding::Same),
+            (5, 9, 9, 1, 16, 3, 2, Padding::Valid),
+            (2, 8, 8, 8, 4, 3, 1, Padding::Same),
+            (1, 5, 5, 4, 4, 3, 2, Padding::Valid),
+            (6, 6, 7, 16, 1, 3, 1, Padding::Same),
+        ],
+    ));
     for preset in [Preset::TfCvae, Preset::KerasVae] {
         let m = Model::preset(preset, preset.default_latent(), preset.default_kl()).unwrap();
         for l in m.layers() {

@@ -1,7 +1,40 @@
 //! Helpers shared by the test files: deterministic random data and error reports.
 #![allow(dead_code)]
 
+use cvae::model::{ConvGeom, Padding};
 use cvae::rng::{Rng, Stream};
+
+/// Small conv shapes: batch 1 and odd sizes, both paddings, both strides, a 2x2
+/// kernel. As a Conv2D, or a Conv2DTranspose with the same fields.
+pub fn small_conv_cases(transpose: bool) -> Vec<ConvGeom> {
+    conv_cases_from(
+        transpose,
+        &[
+            (1, 5, 5, 1, 2, 3, 1, Padding::Same),
+            (2, 7, 6, 3, 4, 3, 2, Padding::Same),
+            (1, 7, 7, 2, 3, 3, 2, Padding::Valid),
+            (3, 6, 5, 2, 2, 3, 1, Padding::Valid),
+            (2, 4, 4, 3, 2, 2, 2, Padding::Same),
+        ],
+    )
+}
+
+/// (batch, h, w, in channels, filters, kernel, stride, padding).
+pub type ConvCase = (usize, usize, usize, usize, usize, usize, usize, Padding);
+
+/// Conv cases as geometries.
+pub fn conv_cases_from(transpose: bool, cases: &[ConvCase]) -> Vec<ConvGeom> {
+    cases
+        .iter()
+        .map(|&(batch, h, w, c, f, k, s, pad)| {
+            if transpose {
+                ConvGeom::conv2d_transpose(batch, (h, w, c), f, k, s, pad)
+            } else {
+                ConvGeom::conv2d(batch, (h, w, c), f, k, s, pad)
+            }
+        })
+        .collect()
+}
 
 /// Deterministic values in [-scale, scale), different for each `tag`.
 pub fn rand_vec(n: usize, tag: u32, scale: f32) -> Vec<f32> {
