@@ -15,7 +15,7 @@ use super::ops::{Ops, StepUniform, Variant, Weights};
 use super::Gpu;
 use crate::cpu::optim::adam_alpha;
 use crate::data::Split;
-use crate::model::{Activation, KlKind, Layer, LayerInfo, Model, Optimizer};
+use crate::model::{Activation, KlKind, Layer, LayerInfo, LossSpec, Model, Optimizer};
 use crate::rng::{Rng, Stream};
 
 /// How many submissions may be queued before the host waits for the oldest:
@@ -297,7 +297,7 @@ impl<'a> Trainer<'a> {
 
     /// Encoder, reparameterisation, decoder, loss terms and the batch loss into
     /// `losses[step.loss_slot]`.
-    fn build_forward(&self, n: usize, source: Source, losses: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
+    fn build_forward(&self, n: usize, source: Source, loss: LossSpec, losses: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
         let o = self.ops();
         let m = self.model;
         let net = &self.net;
@@ -320,13 +320,13 @@ impl<'a> Trainer<'a> {
         let logits = &net.bufs[*net.dec.last().expect("decoder")];
         d.push(o.sigmoid_cross_entropy_forward(n, pixels, logits, x, &self.ce)?.labeled("loss"));
         d.push(
-            match m.loss.kl {
+            match loss.kl {
                 KlKind::Mc => o.kl_mc_forward(n, m.latent, enc_out, z, &self.kl)?,
-                KlKind::Analytic => o.kl_analytic_forward(n, m.latent, m.loss.kl_scale, enc_out, &self.kl)?,
+                KlKind::Analytic => o.kl_analytic_forward(n, m.latent, loss.kl_scale, enc_out, &self.kl)?,
             }
             .labeled("latent"),
         );
-        d.push(o.loss_reduce(n, m.loss.recon_scale, &self.ce, &self.kl, losses, step)?.labeled("loss"));
+        d.push(o.loss_reduce(n, loss.recon_scale, &self.ce, &self.kl, losses, step)?.labeled("loss"));
         Ok(d)
     }
 
@@ -335,7 +335,7 @@ impl<'a> Trainer<'a> {
         let o = self.ops();
         let m = self.model;
         let net = &self.net;
-        let mut d = self.build_forward(n, Source::Train, &self.train_losses)?;
+        let mut d = self.build_forward(n, Source::Train, m.loss, &self.train_losses)?;
         let x = &net.bufs[net.enc[0]];
         let logits_id = *net.dec.last().expect("decoder");
         d.push(
@@ -402,8 +402,12 @@ impl<'a> Trainer<'a> {
         Ok(d)
     }
 
+    /// The test-set pass: the negative ELBO per batch, whatever weights the training
+    /// loss puts on its terms (the Keras preset's are not the ELBO's): the summed
+    /// cross-entropy plus the model's KL estimate (Monte Carlo, or closed form).
     fn build_eval(&self, n: usize) -> Result<Vec<Dispatch>> {
-        self.build_forward(n, Source::Test, &self.eval_losses)
+        let elbo = LossSpec { recon_scale: 1.0, kl: self.model.loss.kl, kl_scale: 0.5 };
+        self.build_forward(n, Source::Test, elbo, &self.eval_losses)
     }
 
     /// The decoder alone on the fixed latent vectors; the logits land in the decoder's last buffer.
@@ -556,7 +560,7 @@ impl<'a> Trainer<'a> {
         Ok(v)
     }
 
-    /// The mean loss over the whole test set, with the evaluation noise of `epoch`
+    /// The mean negative ELBO over the whole test set, with the evaluation noise of `epoch`
     /// (stream EvalNoise, step epoch * batches + j for batch j). Blocking.
     pub fn evaluate(&mut self, epoch: u32) -> Result<f64> {
         let batches = self.test_len.div_ceil(self.batch);
