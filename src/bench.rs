@@ -136,7 +136,7 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
     test.truncate((batch * a.steps).min(test.len()));
     let opt = a.preset.default_optimizer();
     let init = model.init_params(0);
-    let mut trainer = Trainer::new_with_variant(&gpu, &kernels, &model, opt, batch, 0, true, &train, &test, &init, &[], a.variant)?;
+    let mut trainer = Trainer::new(&gpu, &kernels, &model, opt, batch, 0, true, &train, &test, &init, &[], a.variant)?;
     trainer.begin_epoch(1);
     // The first step includes pipeline creation and the driver's shader compilation.
     trainer.train_step(0)?;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{Dataset, Split};
 use crate::gpu::kernels::Kernels;
+use crate::gpu::ops::Variant;
 use crate::gpu::trainer::Trainer;
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::images;
@@ -58,6 +59,7 @@ impl Session {
             &blank,
             &self.ck.params,
             &fixed,
+            Variant::Auto,
         )
     }
 

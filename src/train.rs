@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::Dataset;
 use crate::gpu::kernels::Kernels;
+use crate::gpu::ops::Variant;
 use crate::gpu::trainer::Trainer;
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::images;
@@ -179,8 +180,20 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         Some(ck) => ck.params.clone(),
         None => model.init_params(config.seed),
     };
-    let mut trainer =
-        Trainer::new(&gpu, &kernels, &model, opt, config.batch_size, config.seed, config.binarize, &train, &test, &init, &fixed_z)?;
+    let mut trainer = Trainer::new(
+        &gpu,
+        &kernels,
+        &model,
+        opt,
+        config.batch_size,
+        config.seed,
+        config.binarize,
+        &train,
+        &test,
+        &init,
+        &fixed_z,
+        Variant::Auto,
+    )?;
     // The images now live on the device; the host copy is not needed again.
     let train_len = train.len();
     drop((train, test));

@@ -12,6 +12,7 @@ use cvae::cpu;
 use cvae::cpu::vae::OptState;
 use cvae::data::Dataset;
 use cvae::gpu::kernels::Kernels;
+use cvae::gpu::ops::Variant;
 use cvae::gpu::trainer::Trainer;
 use cvae::gpu::{device, AdapterChoice, Gpu};
 use cvae::model::{Model, Optimizer, Preset};
@@ -49,7 +50,7 @@ fn step_parity(preset: Preset, batch: usize) {
     train.truncate(3 * batch);
     test.truncate(batch);
     let init = model.init_params(seed);
-    let mut trainer = Trainer::new(&gpu, &kernels, &model, opt, batch, seed, true, &train, &test, &init, &[]).unwrap();
+    let mut trainer = Trainer::new(&gpu, &kernels, &model, opt, batch, seed, true, &train, &test, &init, &[], Variant::Auto).unwrap();
 
     let rng = Rng::new(seed);
     let mut params = init.clone();
@@ -196,7 +197,9 @@ fn a_lost_device_is_an_error_not_a_panic() {
     train.truncate(32);
     test.truncate(16);
     let init = model.init_params(1);
-    let mut t = Trainer::new(&gpu, &kernels, &model, Preset::TfCvae.default_optimizer(), 16, 1, true, &train, &test, &init, &[]).unwrap();
+    let mut t =
+        Trainer::new(&gpu, &kernels, &model, Preset::TfCvae.default_optimizer(), 16, 1, true, &train, &test, &init, &[], Variant::Auto)
+            .unwrap();
     t.begin_epoch(1);
     t.train_step(0).unwrap();
     gpu.device.destroy();

@@ -119,26 +119,9 @@ pub struct Trainer<'a> {
 impl<'a> Trainer<'a> {
     /// Upload the data and the initial state, and build every dispatch list.
     /// `fixed_z` are the latent vectors of the sample grids ([count, latent]).
+    /// `variant` picks the kernels (`Variant::Auto`: the fastest that fit).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        gpu: &'a Gpu,
-        kernels: &'a Kernels,
-        model: &'a Model,
-        opt: Optimizer,
-        batch: usize,
-        seed: u64,
-        binarize: bool,
-        train: &Split,
-        test: &Split,
-        params: &[f32],
-        fixed_z: &[f32],
-    ) -> Result<Trainer<'a>> {
-        Self::new_with_variant(gpu, kernels, model, opt, batch, seed, binarize, train, test, params, fixed_z, Variant::Auto)
-    }
-
-    /// As `new`, with a chosen kernel variant (the benchmark and tests compare them).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new_with_variant(
         gpu: &'a Gpu,
         kernels: &'a Kernels,
         model: &'a Model,
