@@ -496,10 +496,12 @@ impl<'a> Trainer<'a> {
         // Flow control, not a read-back: wait only for a submission several steps old.
         while self.in_flight.len() > IN_FLIGHT {
             let oldest = self.in_flight.pop_front().expect("non-empty");
+            let t = std::time::Instant::now();
             self.gpu
                 .device
                 .poll(wgpu::PollType::Wait { submission_index: Some(oldest), timeout: None })
                 .map_err(|e| anyhow::anyhow!("the GPU stopped responding: {e}"))?;
+            self.wait_seconds += t.elapsed().as_secs_f64();
         }
         Ok(())
     }
