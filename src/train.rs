@@ -15,7 +15,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::data::Dataset;
 use crate::gpu::kernels::Kernels;
 use crate::gpu::ops::Variant;
-use crate::gpu::trainer::Trainer;
+use crate::gpu::trainer::{batch_weighted_mean, Trainer};
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::images;
 use crate::model::{KlKind, Model, Optimizer, Preset};
@@ -263,7 +263,7 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         let seconds = earlier_seconds + t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
         check_finite(&losses, epoch, trainer.step - steps as u64)?;
-        let train_loss = weighted_mean(&losses, train_len, config.batch_size);
+        let train_loss = batch_weighted_mean(&losses, train_len, config.batch_size);
         let elbo = -trainer.evaluate(epoch)?;
         last_elbo = elbo;
         let images_per_second = train_len as f64 / seconds;
@@ -309,11 +309,6 @@ fn check_finite(losses: &[f32], epoch: u32, epoch_start: u64) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Mean over examples of per-batch means (the last batch may be smaller).
-fn weighted_mean(losses: &[f32], total: usize, batch: usize) -> f64 {
-    losses.iter().enumerate().map(|(j, &l)| l as f64 * batch.min(total - j * batch) as f64).sum::<f64>() / total as f64
 }
 
 fn prepare_out_dir(out: &Path, force: bool) -> Result<()> {

@@ -161,14 +161,19 @@ impl Kernels {
         Ok(())
     }
 
-    /// Record, submit and wait: for tests and one-off work, never inside the batch loop.
-    pub fn run_now(&self, gpu: &Gpu, dispatches: &[Dispatch]) -> Result<()> {
+    /// One command buffer holding the dispatches in one compute pass.
+    pub fn encode(&self, gpu: &Gpu, dispatches: &[Dispatch]) -> Result<wgpu::CommandBuffer> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             self.record(&mut pass, dispatches)?;
         }
-        gpu.queue.submit([enc.finish()]);
+        Ok(enc.finish())
+    }
+
+    /// Record, submit and wait: for tests and one-off work, never inside the batch loop.
+    pub fn run_now(&self, gpu: &Gpu, dispatches: &[Dispatch]) -> Result<()> {
+        gpu.queue.submit([self.encode(gpu, dispatches)?]);
         gpu.wait()
     }
 }

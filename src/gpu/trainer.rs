@@ -480,15 +480,28 @@ impl<'a> Trainer<'a> {
         Ok((ce, kl))
     }
 
+    /// Submit one of this trainer's dispatch lists.
+    fn submit_list(&mut self, list: List) -> Result<()> {
+        let dispatches = match list {
+            List::TrainFull => &self.train_full,
+            List::TrainTail => &self.train_tail,
+            List::EvalFull => &self.eval_full,
+            List::EvalTail => &self.eval_tail,
+            List::DecodeFixed => &self.decode_fixed,
+        };
+        let cmd = self.kernels.encode(self.gpu, dispatches)?;
+        self.submit_cmd(cmd)
+    }
+
+    /// Submit dispatches built for one call (inspection commands).
     fn submit(&mut self, dispatches: &[Dispatch]) -> Result<()> {
+        let cmd = self.kernels.encode(self.gpu, dispatches)?;
+        self.submit_cmd(cmd)
+    }
+
+    fn submit_cmd(&mut self, cmd: wgpu::CommandBuffer) -> Result<()> {
         // A lost device or a validation error stops the run here, not at the epoch's end.
         self.gpu.check()?;
-        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            self.kernels.record(&mut pass, dispatches)?;
-        }
-        let cmd = enc.finish();
         let t_submit = std::time::Instant::now();
         let idx = self.gpu.queue.submit([cmd]);
         self.submit_seconds += t_submit.elapsed().as_secs_f64();
@@ -516,24 +529,21 @@ impl<'a> Trainer<'a> {
         self.gpu.queue.write_buffer(&self.train_order, 0, bytemuck::cast_slice(&order));
     }
 
-    /// Queue training step `j` of the epoch (batch j of the shuffled order). Returns its batch size.
-    pub fn train_step(&mut self, j: usize) -> Result<usize> {
-        let start = j * self.batch;
-        let n = self.batch.min(self.train_len - start);
+    /// Write the per-step uniform of training step `j` of the epoch.
+    fn write_train_step(&self, j: usize) {
         let alpha = match self.opt {
             Optimizer::Adam { lr, beta1, beta2, .. } => adam_alpha(lr, beta1, beta2, self.step + 1),
             Optimizer::RmsProp { .. } => 0.0,
         };
-        let s = StepUniform { step: self.step as u32, batch_start: start as u32, loss_slot: j as u32, alpha };
+        let s = StepUniform { step: self.step as u32, batch_start: (j * self.batch) as u32, loss_slot: j as u32, alpha };
         self.gpu.queue.write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&s));
-        let list = if n == self.batch { std::mem::take(&mut self.train_full) } else { std::mem::take(&mut self.train_tail) };
-        let r = self.submit(&list);
-        if n == self.batch {
-            self.train_full = list;
-        } else {
-            self.train_tail = list;
-        }
-        r?;
+    }
+
+    /// Queue training step `j` of the epoch (batch j of the shuffled order). Returns its batch size.
+    pub fn train_step(&mut self, j: usize) -> Result<usize> {
+        let n = self.batch.min(self.train_len - j * self.batch);
+        self.write_train_step(j);
+        self.submit_list(if n == self.batch { List::TrainFull } else { List::TrainTail })?;
         self.step += 1;
         Ok(n)
     }
@@ -553,29 +563,16 @@ impl<'a> Trainer<'a> {
             let start = j * self.batch;
             let s = StepUniform { step: epoch * batches as u32 + j as u32, batch_start: start as u32, loss_slot: j as u32, alpha: 0.0 };
             self.gpu.queue.write_buffer(&self.eval_step_buf, 0, bytemuck::bytes_of(&s));
-            let full = self.batch.min(self.test_len - start) == self.batch;
-            let list = if full { std::mem::take(&mut self.eval_full) } else { std::mem::take(&mut self.eval_tail) };
-            let r = self.submit(&list);
-            if full {
-                self.eval_full = list;
-            } else {
-                self.eval_tail = list;
-            }
-            r?;
+            self.submit_list(if self.test_len - start >= self.batch { List::EvalFull } else { List::EvalTail })?;
         }
         let mut losses: Vec<f32> = self.gpu.read(&self.eval_losses)?;
         losses.truncate(batches);
-        // Weight each batch by its size: the mean over examples.
-        let total: f64 = losses.iter().enumerate().map(|(j, &l)| l as f64 * self.batch.min(self.test_len - j * self.batch) as f64).sum();
-        Ok(total / self.test_len as f64)
+        Ok(batch_weighted_mean(&losses, self.test_len, self.batch))
     }
 
     /// Decode the fixed latent vectors; returns their pixel probabilities [count, pixels].
     pub fn decode_fixed(&mut self) -> Result<Vec<f32>> {
-        let list = std::mem::take(&mut self.decode_fixed);
-        let r = self.submit(&list);
-        self.decode_fixed = list;
-        r?;
+        self.submit_list(List::DecodeFixed)?;
         let logits_id = *self.net.dec.last().expect("decoder");
         let mut v: Vec<f32> = self.gpu.read(&self.net.bufs[logits_id])?;
         v.truncate(self.fixed_count * self.model.image.len());
@@ -620,13 +617,7 @@ impl<'a> Trainer<'a> {
     /// timestamp queries; None without `TIMESTAMP_QUERY`. Advances the training state.
     pub fn profile_train_step(&mut self, j: usize) -> Result<Option<Vec<KernelTime>>> {
         self.finish()?;
-        let start = j * self.batch;
-        let alpha = match self.opt {
-            Optimizer::Adam { lr, beta1, beta2, .. } => adam_alpha(lr, beta1, beta2, self.step + 1),
-            Optimizer::RmsProp { .. } => 0.0,
-        };
-        let s = StepUniform { step: self.step as u32, batch_start: start as u32, loss_slot: j as u32, alpha };
-        self.gpu.queue.write_buffer(&self.step_buf, 0, bytemuck::bytes_of(&s));
+        self.write_train_step(j);
         let times = super::kernels::profile(self.gpu, self.kernels, &self.train_full)?;
         self.step += 1;
         Ok(times.map(|t| {
@@ -648,6 +639,22 @@ impl<'a> Trainer<'a> {
         self.in_flight.clear();
         self.gpu.wait()
     }
+}
+
+/// The prebuilt dispatch lists.
+#[derive(Clone, Copy)]
+enum List {
+    TrainFull,
+    TrainTail,
+    EvalFull,
+    EvalTail,
+    DecodeFixed,
+}
+
+/// The mean over examples of per-batch mean losses, when every batch holds `batch`
+/// examples but the last, which holds the rest of `total`.
+pub fn batch_weighted_mean(losses: &[f32], total: usize, batch: usize) -> f64 {
+    losses.iter().enumerate().map(|(j, &l)| l as f64 * batch.min(total - j * batch) as f64).sum::<f64>() / total as f64
 }
 
 /// One op's measured time within a training step.
