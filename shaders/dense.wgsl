@@ -14,11 +14,9 @@ struct Dense {
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(6) var<storage, read_write> grads: array<f32>;
 
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * 64u + lid.x;
-}
-
-@compute @workgroup_size(64)
+// Bindings: p, x, params, y. Grid: one invocation per output element.
+// One invocation: y[b, o] = act(bias[o] + sum over k of x[b, k] * kernel[k, o]).
+@compute @workgroup_size(WG)
 fn dense_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let idx = linear_id(wid, nwg, lid);
     if idx >= p.batch * p.outputs { return; }
@@ -32,8 +30,9 @@ fn dense_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     y[idx] = acc;
 }
 
-// dx = dy W^T.
-@compute @workgroup_size(64)
+// Bindings: p, params, dy, dx. Grid: one invocation per input element.
+// One invocation: dx[b, k] = sum over o of dy[b, o] * kernel[k, o] (dx = dy W^T).
+@compute @workgroup_size(WG)
 fn dense_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let idx = linear_id(wid, nwg, lid);
     if idx >= p.batch * p.inputs { return; }
@@ -46,8 +45,9 @@ fn dense_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     dx[idx] = acc;
 }
 
-// dW = x^T dy, into grads[w_off].
-@compute @workgroup_size(64)
+// Bindings: p, x, dy, grads. Grid: one invocation per kernel element.
+// One invocation: grads[w_off + k * O + o] = sum over the batch of x[b, k] * dy[b, o] (dW = x^T dy).
+@compute @workgroup_size(WG)
 fn dense_backward_kernel(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let idx = linear_id(wid, nwg, lid);
     if idx >= p.inputs * p.outputs { return; }

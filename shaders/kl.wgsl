@@ -18,16 +18,13 @@ struct Kl {
 
 const LOG_2PI: f32 = 1.8378771;
 
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * 64u + lid.x;
-}
-
 fn log_normal_pdf(x: f32, mean: f32, logvar: f32) -> f32 {
     return -0.5 * ((x - mean) * (x - mean) * exp(-logvar) + logvar + LOG_2PI);
 }
 
-// kl[b] = log q(z|x) - log p(z) at the sampled z (the reference program's estimate).
-@compute @workgroup_size(64)
+// Bindings: p, enc, z, kl. Grid: one invocation per example.
+// One invocation: kl[b] = log q(z|x) - log p(z) at the sampled z (the reference program's estimate).
+@compute @workgroup_size(WG)
 fn kl_mc_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let b = linear_id(wid, nwg, lid);
     if b >= p.batch { return; }
@@ -41,7 +38,10 @@ fn kl_mc_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     kl[b] = logqz - logpz;
 }
 
-@compute @workgroup_size(64)
+// Bindings: p, enc, z, eps, dz, denc. Grid: one invocation per latent value of the batch.
+// One invocation: the mean's and log-variance's gradient of latent l of example b,
+// through the KL estimate and through z (the decoder's dz).
+@compute @workgroup_size(WG)
 fn kl_mc_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
     if i >= p.batch * p.latent { return; }
@@ -57,8 +57,9 @@ fn kl_mc_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     denc[b * 2u * p.latent + p.latent + l] = dz_total * 0.5 * exp(0.5 * lv) * eps[i] + p.scale * (0.5 * diff * diff * inv_var - 0.5);
 }
 
-// kl[b] = kl_scale * sum_l (e^lv + m^2 - 1 - lv).
-@compute @workgroup_size(64)
+// Bindings: p, enc, kl. Grid: one invocation per example.
+// One invocation: kl[b] = kl_scale * sum_l (e^lv + m^2 - 1 - lv).
+@compute @workgroup_size(WG)
 fn kl_analytic_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let b = linear_id(wid, nwg, lid);
     if b >= p.batch { return; }
@@ -71,7 +72,9 @@ fn kl_analytic_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     kl[b] = p.kl_scale * acc;
 }
 
-@compute @workgroup_size(64)
+// Bindings: p, enc, eps, dz, denc. Grid: one invocation per latent value of the batch.
+// One invocation: as kl_mc_backward, for the closed-form KL.
+@compute @workgroup_size(WG)
 fn kl_analytic_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
     if i >= p.batch * p.latent { return; }

@@ -5,24 +5,16 @@ struct Optim {
     lr: f32, beta1: f32, beta2: f32, eps: f32,
 }
 
-// Per-step values; alpha is Adam's bias-corrected step size, computed on the host in f64.
-struct Step {
-    step: u32, batch_start: u32, loss_slot: u32, alpha: f32,
-}
-
 @group(0) @binding(0) var<uniform> p: Optim;
 @group(0) @binding(1) var<storage, read_write> params: array<f32>;
 @group(0) @binding(2) var<storage, read> grads: array<f32>;
 @group(0) @binding(3) var<storage, read_write> m: array<f32>;
 @group(0) @binding(4) var<storage, read_write> v: array<f32>;
-@group(0) @binding(5) var<uniform> s: Step;
+@group(0) @binding(5) var<uniform> step: Step;
 
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * 64u + lid.x;
-}
-
-// m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); p -= alpha m / (sqrt(v) + eps).
-@compute @workgroup_size(64)
+// Bindings: p, params, grads, m, v, step. Grid: one invocation per parameter.
+// One invocation: m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); p -= alpha m / (sqrt(v) + eps).
+@compute @workgroup_size(WG)
 fn adam_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
     if i >= p.n { return; }
@@ -31,11 +23,12 @@ fn adam_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let vi = v[i] + (g * g - v[i]) * (1.0 - p.beta2);
     m[i] = mi;
     v[i] = vi;
-    params[i] -= s.alpha * mi / (sqrt(vi) + p.eps);
+    params[i] -= step.alpha * mi / (sqrt(vi) + p.eps);
 }
 
-// v = rho v + (1 - rho) g^2; p -= lr g / sqrt(v + eps). (rho travels in beta2.)
-@compute @workgroup_size(64)
+// Bindings: p, params, grads, v. Grid: one invocation per parameter.
+// One invocation: v = rho v + (1 - rho) g^2; p -= lr g / sqrt(v + eps). (rho travels in beta2.)
+@compute @workgroup_size(WG)
 fn rmsprop_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
     if i >= p.n { return; }

@@ -1,46 +1,40 @@
 // The reparameterisation z = mean + exp(logvar / 2) * eps, eps drawn here from the
-// counter-based RNG (rng.wgsl is prepended). Twin of src/cpu/reparam.rs.
+// counter-based RNG (rng.wgsl, prepended to every file). Twin of src/cpu/reparam.rs.
 
 struct Reparam {
     batch: u32, latent: u32, key0: u32, key1: u32,
-}
-
-struct Step {
-    step: u32, batch_start: u32, loss_slot: u32, alpha: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Reparam;
 @group(0) @binding(1) var<storage, read> enc: array<f32>;
 @group(0) @binding(2) var<storage, read_write> z: array<f32>;
 @group(0) @binding(3) var<storage, read_write> eps: array<f32>;
-@group(0) @binding(4) var<uniform> s: Step;
+@group(0) @binding(4) var<uniform> step: Step;
 @group(0) @binding(5) var<storage, read_write> bits: array<vec4<u32>>;
 
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * 64u + lid.x;
-}
-
-// eps[b, l] = normal(key, step, b * latent + l); z from enc's mean and log-variance.
-@compute @workgroup_size(64)
+// Bindings: p, enc, z, eps, step. Grid: one invocation per latent value of the batch.
+// One invocation: eps[b, l] = normal(key, step.step, b * latent + l); z from enc's mean and log-variance.
+@compute @workgroup_size(WG)
 fn reparameterize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
     if i >= p.batch * p.latent { return; }
     let b = i / p.latent;
     let l = i % p.latent;
-    let e = rng_normal(vec2<u32>(p.key0, p.key1), s.step, i);
+    let e = rng_normal(vec2<u32>(p.key0, p.key1), step.step, i);
     let m = enc[b * 2u * p.latent + l];
     let lv = enc[b * 2u * p.latent + p.latent + l];
     eps[i] = e;
     z[i] = m + exp(0.5 * lv) * e;
 }
 
-// The raw stream, for the tests that hold it to the CPU's: bits and normals of
-// indices 0..batch*latent at the current step.
-@compute @workgroup_size(64)
+// Bindings: p, eps, bits, step. Grid: one invocation per index.
+// One invocation: bits and normal of index i at step.step: the raw stream, for the
+// tests that hold it to the CPU's.
+@compute @workgroup_size(WG)
 fn rng_stream(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
     if i >= p.batch * p.latent { return; }
     let key = vec2<u32>(p.key0, p.key1);
-    bits[i] = rng_bits(key, s.step, i);
-    eps[i] = rng_normal(key, s.step, i);
+    bits[i] = rng_bits(key, step.step, i);
+    eps[i] = rng_normal(key, step.step, i);
 }

@@ -6,10 +6,11 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
-use crate::data::Dataset;
-use crate::gpu::kernels::{profile, Kernels};
+use crate::data::{Dataset, Split};
+use crate::gpu::kernels::{profile, Dispatch, Kernels};
 use crate::gpu::ops::{Ops, Variant, Weights};
-use crate::gpu::trainer::Trainer;
+use crate::gpu::runner::Runner;
+use crate::gpu::trainer::{KernelTime, Trainer, TrainerSpec};
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::model::{Layer, Model, Preset};
 
@@ -134,9 +135,20 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
     }
     train.truncate(need);
     test.truncate((batch * a.steps).min(test.len()));
-    let opt = a.preset.default_optimizer();
     let init = model.init_params(0);
-    let mut trainer = Trainer::new(&gpu, &kernels, &model, opt, batch, 0, true, &train, &test, &init, &[], a.variant)?;
+    let spec = TrainerSpec {
+        model: &model,
+        optimizer: a.preset.default_optimizer(),
+        batch,
+        seed: 0,
+        binarize: true,
+        train: &train,
+        test: &test,
+        params: &init,
+        fixed_z: &[],
+        variant: a.variant,
+    };
+    let mut trainer = Trainer::new(&gpu, &kernels, spec)?;
     trainer.begin_epoch(1);
     // The first step includes pipeline creation and the driver's shader compilation.
     trainer.train_step(0)?;
@@ -145,70 +157,14 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
     trainer.train_step(1)?;
     trainer.train_step(2)?;
     trainer.finish()?;
-
-    let (mut ips, mut ms, mut host, mut submit) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut j = 3;
-    for _ in 0..a.reps {
-        let t0 = Instant::now();
-        let mut h = 0.0;
-        let submitted = trainer.submit_seconds;
-        for _ in 0..a.steps {
-            let th = Instant::now();
-            let (waited, sub) = (trainer.wait_seconds, trainer.submit_seconds);
-            trainer.train_step(j)?;
-            // Host work only: time waiting for the device, and inside the driver's
-            // submit (lavapipe runs the work right there), is not overhead.
-            h += th.elapsed().as_secs_f64() - (trainer.wait_seconds - waited) - (trainer.submit_seconds - sub);
-            j += 1;
-        }
-        trainer.finish()?;
-        let dt = t0.elapsed().as_secs_f64();
-        submit.push(1e3 * (trainer.submit_seconds - submitted) / a.steps as f64);
-        ips.push((a.steps * batch) as f64 / dt);
-        ms.push(1e3 * dt / a.steps as f64);
-        host.push(1e3 * h / a.steps as f64);
-    }
-    let mut eval = Vec::new();
-    for r in 0..a.reps {
-        let t0 = Instant::now();
-        trainer.evaluate(r as u32)?;
-        eval.push(test.len() as f64 / t0.elapsed().as_secs_f64());
-    }
-
+    let timing = time_training(&mut trainer, batch, a.steps, a.reps)?;
+    let eval = time_evaluation(&gpu, &kernels, &model, &init, &test, batch, a)?;
     let prof = trainer.profile_train_step(0)?;
-    let step_flops: f64 = trainer.train_dispatch_flops();
-    let train_ms = Spread::of(ms.clone());
+    let step_flops = trainer.train_dispatch_flops();
+    let train_ms = Spread::of(timing.ms);
     let step_gflops = step_flops / (train_ms.median * 1e6);
     let ceiling = ceiling(&gpu, &kernels, a.variant)?;
-    let mut rows: Vec<KernelRow> = Vec::new();
-    let mut device_ms = None;
-    if let Some(p) = &prof {
-        let total: f64 = p.iter().map(|r| r.ns).sum();
-        device_ms = Some(total / 1e6);
-        for k in p {
-            match rows.iter_mut().find(|r| r.entry == k.entry && r.layer == k.label) {
-                Some(r) => {
-                    r.calls += 1;
-                    r.ms += k.ns / 1e6;
-                    r.gflops = r.gflops.map(|g| g + k.flops / 1e9);
-                }
-                None => rows.push(KernelRow {
-                    entry: k.entry.clone(),
-                    layer: k.label.clone(),
-                    calls: 1,
-                    ms: k.ns / 1e6,
-                    gflops: (k.flops > 0.0).then_some(k.flops / 1e9),
-                    share: 0.0,
-                }),
-            }
-        }
-        for r in rows.iter_mut() {
-            // gflops held the GFLOP count so far; turn it into a rate.
-            r.gflops = r.gflops.map(|g| g / (r.ms / 1e3));
-            r.share = r.ms * 1e6 / total;
-        }
-        rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-    }
+    let (rows, device_ms) = kernel_rows(prof.as_deref());
     Ok(Some(Report {
         adapter: gpu.name(),
         preset: a.preset.name().into(),
@@ -217,11 +173,11 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
         reps: a.reps,
         variant: format!("{:?}", a.variant).to_lowercase(),
         first_step_seconds,
-        train_images_per_second: Spread::of(ips),
+        train_images_per_second: Spread::of(timing.ips),
         train_ms_per_step: train_ms,
         eval_images_per_second: Spread::of(eval),
-        host_ms_per_step: Spread::of(host),
-        submit_ms_per_step: Spread::of(submit),
+        host_ms_per_step: Spread::of(timing.host),
+        submit_ms_per_step: Spread::of(timing.submit),
         device_ms_per_step: device_ms,
         allocated_mib: gpu.allocated_bytes() as f64 / (1 << 20) as f64,
         step_gflop: step_flops / 1e9,
@@ -230,6 +186,99 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
         fraction_of_ceiling: ceiling.map(|c| step_gflops / c),
         kernels: rows,
     }))
+}
+
+/// Per repetition: images/s, ms per step, host ms per step and ms inside submit.
+struct Timing {
+    ips: Vec<f64>,
+    ms: Vec<f64>,
+    host: Vec<f64>,
+    submit: Vec<f64>,
+}
+
+/// `reps` repetitions of `steps` training steps, after the three warm-up steps.
+fn time_training(trainer: &mut Trainer<'_>, batch: usize, steps: usize, reps: usize) -> Result<Timing> {
+    let mut t = Timing { ips: Vec::new(), ms: Vec::new(), host: Vec::new(), submit: Vec::new() };
+    let mut j = 3;
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        let mut h = 0.0;
+        let (_, submitted) = trainer.host_timing();
+        for _ in 0..steps {
+            let th = Instant::now();
+            let (waited, sub) = trainer.host_timing();
+            trainer.train_step(j)?;
+            // Host work only: time waiting for the device, and inside the driver's
+            // submit (lavapipe runs the work right there), is not overhead.
+            let (waited_after, sub_after) = trainer.host_timing();
+            h += th.elapsed().as_secs_f64() - (waited_after - waited) - (sub_after - sub);
+            j += 1;
+        }
+        trainer.finish()?;
+        let dt = t0.elapsed().as_secs_f64();
+        t.submit.push(1e3 * (trainer.host_timing().1 - submitted) / steps as f64);
+        t.ips.push((steps * batch) as f64 / dt);
+        t.ms.push(1e3 * dt / steps as f64);
+        t.host.push(1e3 * h / steps as f64);
+    }
+    Ok(t)
+}
+
+/// Images/s of the forward pass with its loss terms over the test images, through
+/// the `Runner` that `cvae eval` uses, once per repetition.
+fn time_evaluation(
+    gpu: &Gpu,
+    kernels: &Kernels,
+    model: &Model,
+    params: &[f32],
+    test: &Split,
+    batch: usize,
+    a: &BenchArgs,
+) -> Result<Vec<f64>> {
+    let mut runner = Runner::new(gpu, kernels, model, params, batch, a.variant)?;
+    let x = test.to_f32(true);
+    let rng = crate::rng::Rng::new(0);
+    let mut eval = Vec::new();
+    for r in 0..a.reps {
+        let t0 = Instant::now();
+        for chunk in x.chunks(batch * model.image.len()) {
+            runner.sample_terms(chunk, &rng, r as u32)?;
+        }
+        eval.push(test.len() as f64 / t0.elapsed().as_secs_f64());
+    }
+    Ok(eval)
+}
+
+/// The per-kernel table from a profiled step (rows by time, largest first) and the
+/// device time of the step; empty without timestamp queries.
+fn kernel_rows(prof: Option<&[KernelTime]>) -> (Vec<KernelRow>, Option<f64>) {
+    let Some(p) = prof else { return (Vec::new(), None) };
+    let total: f64 = p.iter().map(|r| r.ns).sum();
+    let mut rows: Vec<KernelRow> = Vec::new();
+    for k in p {
+        match rows.iter_mut().find(|r| r.entry == k.entry && r.layer == k.label) {
+            Some(r) => {
+                r.calls += 1;
+                r.ms += k.ns / 1e6;
+                r.gflops = r.gflops.map(|g| g + k.flops / 1e9);
+            }
+            None => rows.push(KernelRow {
+                entry: k.entry.clone(),
+                layer: k.label.clone(),
+                calls: 1,
+                ms: k.ns / 1e6,
+                gflops: (k.flops > 0.0).then_some(k.flops / 1e9),
+                share: 0.0,
+            }),
+        }
+    }
+    for r in rows.iter_mut() {
+        // gflops held the GFLOP count so far; turn it into a rate.
+        r.gflops = r.gflops.map(|g| g / (r.ms / 1e3));
+        r.share = r.ms * 1e6 / total;
+    }
+    rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    (rows, Some(total / 1e6))
 }
 
 pub fn print(r: &Report) {
@@ -284,132 +333,152 @@ fn sandbox(gpu: &Gpu, kernels: &Kernels, model: &Model, batch: usize, entry: &st
     let (net, lname) = name.split_once('.').ok_or_else(|| anyhow!("--layer takes encoder.NAME or decoder.NAME, got {name}"))?;
     let layers = if net == "encoder" { &model.encoder } else { &model.decoder };
     let l = layers.iter().find(|l| l.name == lname).ok_or_else(|| anyhow!("no layer {name}; layers: {}", layer_names(model).join(", ")))?;
-    let rand = |n: usize, tag: u32| -> Vec<f32> {
-        let r = crate::rng::Rng::new(99);
-        (0..n).map(|i| 2.0 * r.uniform(crate::rng::Stream::Init, tag, i as u32) - 1.0).collect()
-    };
     println!("{entry} on {name} at batch {batch}");
     for variant in [Variant::Portable, Variant::Blocked] {
         let o = Ops { gpu, k: kernels, variant };
-        let (d, got_buf, want, n_out): (crate::gpu::kernels::Dispatch, wgpu::Buffer, Vec<f32>, usize) = match (l.layer, entry) {
-            (Layer::Conv2D { .. } | Layer::Conv2DTranspose { .. }, _) => {
-                let g = l.conv_geom(batch).context("conv layer")?;
-                let t = matches!(l.layer, Layer::Conv2DTranspose { .. });
-                let (x, k, dy) = (rand(g.in_len(), 1), rand(g.kernel_len(), 2), rand(g.out_len(), 3));
-                let b = vec![0.1f32; g.out_c];
-                let mut p = k.clone();
-                p.extend_from_slice(&b);
-                let (xb, pb, dyb) = (gpu.upload("x", &x), gpu.upload("p", &p), gpu.upload("dy", &dy));
-                let w = Weights { params: &pb, w_off: 0, b_off: k.len() };
-                let lin = crate::model::Activation::Linear;
-                use crate::cpu::{conv2d as c, conv2d_transpose as ct};
-                match (t, entry.trim_start_matches("conv2d_transpose_").trim_start_matches("conv2d_")) {
-                    (false, "forward") => {
-                        let y = gpu.zeros("y", g.out_len());
-                        (o.conv2d_forward(&g, &xb, w, false, &y)?, y, c::conv2d_forward(&g, &x, &k, &b, lin), g.out_len())
-                    }
-                    (false, "backward_input") => {
-                        let y = gpu.zeros("dx", g.in_len());
-                        (o.conv2d_backward_input(&g, &dyb, w, &y)?, y, c::conv2d_backward_input(&g, &dy, &k), g.in_len())
-                    }
-                    (false, "backward_kernel") => {
-                        let y = gpu.zeros("dk", g.kernel_len() + g.out_c);
-                        let gw = Weights { params: &y, w_off: 0, b_off: k.len() };
-                        (o.conv2d_backward_kernel(&g, &xb, &dyb, gw)?, y, c::conv2d_backward_kernel(&g, &x, &dy), g.kernel_len())
-                    }
-                    (true, "forward") => {
-                        let y = gpu.zeros("y", g.out_len());
-                        (
-                            o.conv2d_transpose_forward(&g, &xb, w, false, &y)?,
-                            y,
-                            ct::conv2d_transpose_forward(&g, &x, &k, &b, lin),
-                            g.out_len(),
-                        )
-                    }
-                    (true, "backward_input") => {
-                        let y = gpu.zeros("dx", g.in_len());
-                        (
-                            o.conv2d_transpose_backward_input(&g, &dyb, w, &y)?,
-                            y,
-                            ct::conv2d_transpose_backward_input(&g, &dy, &k),
-                            g.in_len(),
-                        )
-                    }
-                    (true, "backward_kernel") => {
-                        let y = gpu.zeros("dk", g.kernel_len() + g.out_c);
-                        let gw = Weights { params: &y, w_off: 0, b_off: k.len() };
-                        (
-                            o.conv2d_transpose_backward_kernel(&g, &xb, &dyb, gw)?,
-                            y,
-                            ct::conv2d_transpose_backward_kernel(&g, &x, &dy),
-                            g.kernel_len(),
-                        )
-                    }
-                    _ => bail!("{entry} does not apply to {name}; try conv2d[_transpose]_forward, _backward_input or _backward_kernel"),
-                }
-            }
-            (Layer::Dense { units, .. }, _) => {
-                let i = l.input.len();
-                let (x, k, dy) = (rand(batch * i, 1), rand(i * units, 2), rand(batch * units, 3));
-                let b = vec![0.1f32; units];
-                let mut p = k.clone();
-                p.extend_from_slice(&b);
-                let (xb, pb, dyb) = (gpu.upload("x", &x), gpu.upload("p", &p), gpu.upload("dy", &dy));
-                let w = Weights { params: &pb, w_off: 0, b_off: k.len() };
-                use crate::cpu::dense as dn;
-                match entry {
-                    "dense_forward" => {
-                        let y = gpu.zeros("y", batch * units);
-                        (
-                            o.dense_forward(batch, i, units, &xb, w, false, &y)?,
-                            y,
-                            dn::dense_forward(&x, &k, &b, i, crate::model::Activation::Linear),
-                            batch * units,
-                        )
-                    }
-                    "dense_backward_input" => {
-                        let y = gpu.zeros("dx", batch * i);
-                        (o.dense_backward_input(batch, i, units, &dyb, w, &y)?, y, dn::dense_backward_input(&dy, &k, i, units), batch * i)
-                    }
-                    "dense_backward_kernel" => {
-                        let y = gpu.zeros("dk", i * units + units);
-                        let gw = Weights { params: &y, w_off: 0, b_off: k.len() };
-                        (
-                            o.dense_backward_kernel(batch, i, units, &xb, &dyb, gw)?,
-                            y,
-                            dn::dense_backward_kernel(&x, &dy, i, units),
-                            i * units,
-                        )
-                    }
-                    _ => bail!("{entry} does not apply to {name}; try dense_forward, dense_backward_input or dense_backward_kernel"),
-                }
-            }
+        let case = match l.layer {
+            Layer::Conv2D { .. } | Layer::Conv2DTranspose { .. } => conv_case(o, l, batch, entry)?,
+            Layer::Dense { units, .. } => dense_case(o, l.input.len(), units, batch, entry)?,
             _ => bail!("{name} has no weights to benchmark"),
-        };
-        let mut times = Vec::new();
-        for _ in 0..5 {
-            times.push(profile(gpu, kernels, std::slice::from_ref(&d))?.ok_or_else(|| anyhow!("the adapter lacks TIMESTAMP_QUERY"))?[0]);
         }
-        let mut got: Vec<f32> = gpu.read(&got_buf)?;
-        got.truncate(n_out);
-        let (mut max_abs, mut max_rel) = (0.0f32, 0.0f32);
-        for (g, w) in got.iter().zip(&want) {
-            max_abs = max_abs.max((g - w).abs());
-            if w.abs() > 1e-3 {
-                max_rel = max_rel.max((g - w).abs() / w.abs());
-            }
-        }
-        let t = Spread::of(times.clone()).median;
-        println!(
-            "  {:<10} {:<36} {:>9.3} ms {:>8.2} GFLOP/s   max abs err {:.2e}, max rel err {:.2e}",
-            format!("{variant:?}").to_lowercase(),
-            d.entry,
-            t / 1e6,
-            d.flops / t,
-            max_abs,
-            max_rel
-        );
+        .ok_or_else(|| {
+            anyhow!("{entry} does not apply to {name}; try <op>_forward, <op>_backward_input or <op>_backward_kernel for its op")
+        })?;
+        check_and_time(gpu, kernels, variant, &case)?;
     }
+    Ok(())
+}
+
+/// One sandbox run: the dispatch, the buffer it writes, and the CPU's answer.
+struct Case {
+    dispatch: Dispatch,
+    out: wgpu::Buffer,
+    want: Vec<f32>,
+}
+
+/// Deterministic values in [-1, 1) for the sandbox's inputs.
+fn rand(n: usize, tag: u32) -> Vec<f32> {
+    let r = crate::rng::Rng::new(99);
+    (0..n).map(|i| 2.0 * r.uniform(crate::rng::Stream::Init, tag, i as u32) - 1.0).collect()
+}
+
+/// Random input, kernel (+ bias 0.1) and output gradient on the device.
+struct Inputs {
+    x: Vec<f32>,
+    k: Vec<f32>,
+    b: Vec<f32>,
+    dy: Vec<f32>,
+    xb: wgpu::Buffer,
+    pb: wgpu::Buffer,
+    dyb: wgpu::Buffer,
+}
+
+fn inputs(gpu: &Gpu, x_len: usize, k_len: usize, bias: usize, dy_len: usize) -> Inputs {
+    let (x, k, dy) = (rand(x_len, 1), rand(k_len, 2), rand(dy_len, 3));
+    let b = vec![0.1f32; bias];
+    let mut p = k.clone();
+    p.extend_from_slice(&b);
+    Inputs { xb: gpu.upload("x", &x), pb: gpu.upload("p", &p), dyb: gpu.upload("dy", &dy), x, k, b, dy }
+}
+
+/// A Conv2D or Conv2DTranspose op of layer `l`; None when `entry` is not one of its ops.
+fn conv_case(o: Ops<'_>, l: &crate::model::LayerInfo, batch: usize, entry: &str) -> Result<Option<Case>> {
+    use crate::cpu::{conv2d as c, conv2d_transpose as ct};
+    let gpu = o.gpu;
+    let g = l.conv_geom(batch).context("conv layer")?;
+    let t = matches!(l.layer, Layer::Conv2DTranspose { .. });
+    let i = inputs(gpu, g.in_len(), g.kernel_len(), g.out_c, g.out_len());
+    let w = Weights { params: &i.pb, w_off: 0, b_off: i.k.len() };
+    let lin = crate::model::Activation::Linear;
+    let op = entry.trim_start_matches(if t { "conv2d_transpose_" } else { "conv2d_" });
+    let case = match (op, t) {
+        ("forward", false) => {
+            let y = gpu.zeros("y", g.out_len());
+            Case { dispatch: o.conv2d_forward(&g, &i.xb, w, false, &y)?, out: y, want: c::conv2d_forward(&g, &i.x, &i.k, &i.b, lin) }
+        }
+        ("forward", true) => {
+            let y = gpu.zeros("y", g.out_len());
+            let want = ct::conv2d_transpose_forward(&g, &i.x, &i.k, &i.b, lin);
+            Case { dispatch: o.conv2d_transpose_forward(&g, &i.xb, w, false, &y)?, out: y, want }
+        }
+        ("backward_input", false) => {
+            let dx = gpu.zeros("dx", g.in_len());
+            Case { dispatch: o.conv2d_backward_input(&g, &i.dyb, w, &dx)?, out: dx, want: c::conv2d_backward_input(&g, &i.dy, &i.k) }
+        }
+        ("backward_input", true) => {
+            let dx = gpu.zeros("dx", g.in_len());
+            let want = ct::conv2d_transpose_backward_input(&g, &i.dy, &i.k);
+            Case { dispatch: o.conv2d_transpose_backward_input(&g, &i.dyb, w, &dx)?, out: dx, want }
+        }
+        ("backward_kernel", _) => {
+            let dk = gpu.zeros("dk", g.kernel_len() + g.out_c);
+            let gw = Weights { params: &dk, w_off: 0, b_off: i.k.len() };
+            let (dispatch, want) = if t {
+                (o.conv2d_transpose_backward_kernel(&g, &i.xb, &i.dyb, gw)?, ct::conv2d_transpose_backward_kernel(&g, &i.x, &i.dy))
+            } else {
+                (o.conv2d_backward_kernel(&g, &i.xb, &i.dyb, gw)?, c::conv2d_backward_kernel(&g, &i.x, &i.dy))
+            };
+            Case { dispatch, out: dk, want }
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(case))
+}
+
+/// A Dense op of `inputs` -> `units`; None when `entry` is not one of its ops.
+fn dense_case(o: Ops<'_>, inputs_n: usize, units: usize, batch: usize, entry: &str) -> Result<Option<Case>> {
+    use crate::cpu::dense as dn;
+    let gpu = o.gpu;
+    let i = inputs(gpu, batch * inputs_n, inputs_n * units, units, batch * units);
+    let w = Weights { params: &i.pb, w_off: 0, b_off: i.k.len() };
+    let case = match entry {
+        "dense_forward" => {
+            let y = gpu.zeros("y", batch * units);
+            let want = dn::dense_forward(&i.x, &i.k, &i.b, inputs_n, crate::model::Activation::Linear);
+            Case { dispatch: o.dense_forward(batch, inputs_n, units, &i.xb, w, false, &y)?, out: y, want }
+        }
+        "dense_backward_input" => {
+            let dx = gpu.zeros("dx", batch * inputs_n);
+            let want = dn::dense_backward_input(&i.dy, &i.k, inputs_n, units);
+            Case { dispatch: o.dense_backward_input(batch, inputs_n, units, &i.dyb, w, &dx)?, out: dx, want }
+        }
+        "dense_backward_kernel" => {
+            let dk = gpu.zeros("dk", inputs_n * units + units);
+            let gw = Weights { params: &dk, w_off: 0, b_off: i.k.len() };
+            let want = dn::dense_backward_kernel(&i.x, &i.dy, inputs_n, units);
+            Case { dispatch: o.dense_backward_kernel(batch, inputs_n, units, &i.xb, &i.dyb, gw)?, out: dk, want }
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(case))
+}
+
+/// Time a case five times with timestamp queries, compare with the CPU, print one line.
+fn check_and_time(gpu: &Gpu, kernels: &Kernels, variant: Variant, case: &Case) -> Result<()> {
+    let d = &case.dispatch;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        times.push(profile(gpu, kernels, std::slice::from_ref(d))?.ok_or_else(|| anyhow!("the adapter lacks TIMESTAMP_QUERY"))?[0]);
+    }
+    let mut got: Vec<f32> = gpu.read(&case.out)?;
+    got.truncate(case.want.len());
+    let (mut max_abs, mut max_rel) = (0.0f32, 0.0f32);
+    for (g, w) in got.iter().zip(&case.want) {
+        max_abs = max_abs.max((g - w).abs());
+        if w.abs() > 1e-3 {
+            max_rel = max_rel.max((g - w).abs() / w.abs());
+        }
+    }
+    let t = Spread::of(times).median;
+    println!(
+        "  {:<10} {:<36} {:>9.3} ms {:>8.2} GFLOP/s   max abs err {:.2e}, max rel err {:.2e}",
+        format!("{variant:?}").to_lowercase(),
+        d.entry,
+        t / 1e6,
+        d.flops / t,
+        max_abs,
+        max_rel
+    );
     Ok(())
 }
 

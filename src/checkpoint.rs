@@ -3,14 +3,14 @@
 //! epoch and the step count. Written atomically (temporary file, fsync, rename).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
 
+use crate::atomic_write::write_atomic;
+use crate::config::TrainConfig;
 use crate::model::{Heads, Model, Optimizer};
-use crate::train::TrainConfig;
 
 pub const FORMAT: &str = "cvae-checkpoint-1";
 pub const FILE: &str = "checkpoint.safetensors";
@@ -108,27 +108,6 @@ pub fn flat_from_named(model: &Model, get: &TensorLookup<'_>, file: &str, prefix
         }
     }
     Ok(flat)
-}
-
-/// Write `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync the folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| anyhow!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 pub fn save(path: &Path, model: &Model, opt: &Optimizer, ck: &Checkpoint) -> Result<()> {

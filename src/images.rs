@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use anyhow::{anyhow, Context, Result};
 use image::{GrayImage, Luma, RgbImage};
 
-use crate::checkpoint::write_atomic;
+use crate::atomic_write::write_atomic;
 
 /// Encode an image as PNG and write it atomically.
 pub fn save_png(path: &Path, img: &image::DynamicImage) -> Result<()> {

@@ -12,7 +12,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::data::{Dataset, Split};
 use crate::gpu::kernels::Kernels;
 use crate::gpu::ops::Variant;
-use crate::gpu::trainer::Trainer;
+use crate::gpu::runner::Runner;
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::images;
 use crate::model::{Model, Shape};
@@ -40,27 +40,9 @@ impl Session {
         Ok(Session { ck, model, dir, gpu, kernels })
     }
 
-    /// A trainer holding the checkpoint's parameters, for inference on up to `cap` images at once.
-    pub fn runner(&self, cap: usize) -> Result<Trainer<'_>> {
-        let pixels = self.model.image.len();
-        let (h, w) = hw(&self.model);
-        let blank = Split { images: vec![0; pixels], labels: vec![0], rows: h, cols: w };
-        let opt = self.ck.config.optimizer();
-        let fixed = vec![0.0; cap * self.model.latent];
-        Trainer::new(
-            &self.gpu,
-            &self.kernels,
-            &self.model,
-            opt,
-            cap,
-            self.ck.config.seed,
-            self.ck.config.binarize,
-            &blank,
-            &blank,
-            &self.ck.params,
-            &fixed,
-            Variant::Auto,
-        )
+    /// The checkpoint's parameters on the GPU, for inference on up to `cap` images at once.
+    pub fn runner(&self, cap: usize) -> Result<Runner<'_>> {
+        Runner::new(&self.gpu, &self.kernels, &self.model, &self.ck.params, cap, Variant::Auto)
     }
 
     /// The test split of the run's data set (or `data_dir`), its first `limit` images.
@@ -231,7 +213,7 @@ pub fn manifold(s: &Session, n: usize, axes: &Axes, data_dir: Option<&Path>, out
 }
 
 /// The latent means [n, latent] of the test images and their labels.
-fn test_means(s: &Session, t: &mut Trainer<'_>, data_dir: Option<&Path>, limit: Option<usize>) -> Result<(Vec<f32>, Vec<u8>)> {
+fn test_means(s: &Session, t: &mut Runner<'_>, data_dir: Option<&Path>, limit: Option<usize>) -> Result<(Vec<f32>, Vec<u8>)> {
     let test = s.test_split(data_dir, limit)?;
     let enc = t.encode(&test.to_f32(s.ck.config.binarize))?;
     let (means, _) = crate::cpu::reparam::split(&enc, s.model.latent);
@@ -335,12 +317,13 @@ pub fn evaluate(s: &Session, samples: usize, data_dir: Option<&Path>, limit: Opt
     let pixels = s.model.image.len();
     let cap = 100.min(test.len());
     let mut t = s.runner(cap)?;
+    let rng = Rng::new(s.ck.config.seed);
     let (mut elbo, mut rec, mut kl, mut logpx) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     for chunk in x.chunks(cap * pixels) {
         let n = chunk.len() / pixels;
         let mut logw = vec![Vec::with_capacity(samples); n];
         for k in 0..samples {
-            let (ce, klk) = t.sample_terms(chunk, k as u32).context("evaluating a batch")?;
+            let (ce, klk) = t.sample_terms(chunk, &rng, k as u32).context("evaluating a batch")?;
             for i in 0..n {
                 let w = -(ce[i] as f64) - klk[i] as f64;
                 if k == 0 {

@@ -15,12 +15,15 @@ macro_rules! usage {
     ($($arg:tt)*) => { return Err($crate::UsageError(format!($($arg)*)).into()) };
 }
 
+pub mod atomic_write;
 pub mod checkpoint;
+pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod gpu;
 pub mod images;
 pub mod inspect;
+pub mod math;
 pub mod model;
 pub mod rng;
 pub mod stats;

@@ -267,143 +267,148 @@ struct EvalArgs {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Adapters => adapters(),
+        Command::Model { preset, latent_dim } => model(preset, latent_dim),
+        Command::Train(a) => train(a),
+        Command::Bench(b) => bench(b),
         Command::Sample(a) => {
             let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
-            println!("wrote {}", inspect::sample(&s, a.n, a.seed, a.temperature, a.m.out)?.display());
-            Ok(ExitCode::SUCCESS)
+            wrote(inspect::sample(&s, a.n, a.seed, a.temperature, a.m.out)?)
         }
         Command::Reconstruct(a) => {
             let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
-            println!("wrote {}", inspect::reconstruct(&s, a.n, a.start, a.sample, a.seed, a.data_dir.as_deref(), a.m.out)?.display());
-            Ok(ExitCode::SUCCESS)
+            wrote(inspect::reconstruct(&s, a.n, a.start, a.sample, a.seed, a.data_dir.as_deref(), a.m.out)?)
         }
         Command::Manifold(a) => {
             let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
-            println!("wrote {}", inspect::manifold(&s, a.n, &a.axes, a.data_dir.as_deref(), a.m.out)?.display());
-            Ok(ExitCode::SUCCESS)
+            wrote(inspect::manifold(&s, a.n, &a.axes, a.data_dir.as_deref(), a.m.out)?)
         }
         Command::Scatter(a) => {
             let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
-            println!("wrote {}", inspect::scatter(&s, a.data_dir.as_deref(), a.test_size, a.m.out)?.display());
-            Ok(ExitCode::SUCCESS)
+            wrote(inspect::scatter(&s, a.data_dir.as_deref(), a.test_size, a.m.out)?)
         }
         Command::Interpolate(a) => {
             let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
-            println!("wrote {}", inspect::interpolate(&s, a.from, a.to, a.steps, a.slerp, a.data_dir.as_deref(), a.m.out)?.display());
-            Ok(ExitCode::SUCCESS)
+            wrote(inspect::interpolate(&s, a.from, a.to, a.steps, a.slerp, a.data_dir.as_deref(), a.m.out)?)
         }
-        Command::Eval(a) => {
-            let s = inspect::Session::open(&a.run, a.adapter)?;
-            let r = inspect::evaluate(&s, a.samples, a.data_dir.as_deref(), a.test_size)?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                println!("{} test images, {} ({} epochs)", r.test_images, s.ck.config.preset, s.ck.epoch);
-                println!("ELBO (single sample): {:.3} nats  = -reconstruction {:.3} - KL {:.3}", r.elbo, r.reconstruction, r.kl);
-                println!("log p(x) (importance-weighted, {} samples): {:.3} nats", r.samples, r.log_px);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Eval(a) => eval(a),
         Command::Gif { run } => {
             let frames = cvae::images::write_gif(&run, &run.join("cvae.gif"))?;
             println!("wrote {} ({frames} frames)", run.join("cvae.gif").display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(b) => {
-            let args = bench::BenchArgs {
-                adapter: b.adapter,
-                preset: b.preset,
-                batch: b.batch_size,
-                steps: b.steps,
-                reps: b.reps,
-                json: b.json,
-                kernel: b.kernel,
-                layer: b.layer,
-                variant: b.variant,
-            };
-            if let Some(report) = bench::run(&args)? {
-                if args.json {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
-                } else {
-                    bench::print(&report);
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+        Command::Data { data_dir } => data(data_dir),
+    }
+}
+
+fn wrote(path: PathBuf) -> Result<ExitCode> {
+    println!("wrote {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn adapters() -> Result<ExitCode> {
+    let (report, count) = device::adapters_report();
+    print!("{report}");
+    Ok(if count == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn model(preset: Preset, latent_dim: Option<usize>) -> Result<ExitCode> {
+    let latent = latent_dim.unwrap_or(preset.default_latent());
+    if latent == 0 {
+        cvae::usage!("--latent-dim must be at least 1, got 0");
+    }
+    let model = Model::preset(preset, latent, preset.default_kl())?;
+    print!("{}", model.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn data(data_dir: Option<PathBuf>) -> Result<ExitCode> {
+    let d = Dataset::load(data_dir.as_deref())?;
+    println!("{}: {} training and {} test images of {}x{} pixels", d.source, d.train.len(), d.test.len(), d.train.rows, d.train.cols);
+    let mut counts = [0usize; 10];
+    for &l in &d.train.labels {
+        counts[l as usize] += 1;
+    }
+    println!("training images per class: {counts:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(a: EvalArgs) -> Result<ExitCode> {
+    let s = inspect::Session::open(&a.run, a.adapter)?;
+    let r = inspect::evaluate(&s, a.samples, a.data_dir.as_deref(), a.test_size)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("{} test images, {} ({} epochs)", r.test_images, s.ck.config.preset, s.ck.epoch);
+        println!("ELBO (single sample): {:.3} nats  = -reconstruction {:.3} - KL {:.3}", r.elbo, r.reconstruction, r.kl);
+        println!("log p(x) (importance-weighted, {} samples): {:.3} nats", r.samples, r.log_px);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(b: BenchCli) -> Result<ExitCode> {
+    let args = bench::BenchArgs {
+        adapter: b.adapter,
+        preset: b.preset,
+        batch: b.batch_size,
+        steps: b.steps,
+        reps: b.reps,
+        json: b.json,
+        kernel: b.kernel,
+        layer: b.layer,
+        variant: b.variant,
+    };
+    if let Some(report) = bench::run(&args)? {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            bench::print(&report);
         }
-        Command::Train(a) => {
-            let config = TrainConfig {
-                preset: a.preset,
-                latent_dim: a.latent_dim.unwrap_or(a.preset.default_latent()),
-                batch_size: a.batch_size.unwrap_or(a.preset.default_batch()),
-                epochs: a.epochs,
-                lr: a.lr.unwrap_or(a.preset.default_optimizer().lr()),
-                seed: a.seed,
-                kl: a.kl.unwrap_or(a.preset.default_kl()),
-                binarize: !a.no_binarize,
-                train_size: a.train_size.unwrap_or(usize::MAX),
-                test_size: a.test_size.unwrap_or(usize::MAX),
-                data_dir: a.data_dir,
-            };
-            let resume = a.resume.is_some();
-            let out = a.resume.or(a.out).unwrap_or_else(train::default_out_dir);
-            // Ctrl-C: finish the batch in flight, save, exit; a second Ctrl-C exits at once.
-            let flag = Arc::new(AtomicBool::new(false));
-            let f = flag.clone();
-            let _ = ctrlc::set_handler(move || {
-                if f.swap(true, Ordering::SeqCst) {
-                    std::process::exit(130);
-                }
-                eprintln!("\nstopping after the batch in flight (Ctrl-C again to quit at once)");
-            });
-            let opts = RunOptions {
-                out,
-                adapter: a.adapter,
-                quiet: a.quiet,
-                resume,
-                force: a.force,
-                resume_lr: a.lr.filter(|_| resume),
-                interrupt: Some(flag),
-            };
-            match train::run(config, &opts) {
-                Ok(_) => Ok(ExitCode::SUCCESS),
-                Err(e) if e.downcast_ref::<train::Interrupted>().is_some() => {
-                    eprintln!("{e}");
-                    Ok(ExitCode::from(130))
-                }
-                Err(e) => Err(e),
-            }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn train(a: TrainArgs) -> Result<ExitCode> {
+    let config = TrainConfig {
+        preset: a.preset,
+        latent_dim: a.latent_dim.unwrap_or(a.preset.default_latent()),
+        batch_size: a.batch_size.unwrap_or(a.preset.default_batch()),
+        epochs: a.epochs,
+        lr: a.lr.unwrap_or(a.preset.default_optimizer().lr()),
+        seed: a.seed,
+        kl: a.kl.unwrap_or(a.preset.default_kl()),
+        binarize: !a.no_binarize,
+        train_size: a.train_size.unwrap_or(usize::MAX),
+        test_size: a.test_size.unwrap_or(usize::MAX),
+        data_dir: a.data_dir,
+    };
+    let resume = a.resume.is_some();
+    let out = a.resume.or(a.out).unwrap_or_else(train::default_out_dir);
+    // Ctrl-C: finish the batch in flight, save, exit; a second Ctrl-C exits at once.
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
         }
-        Command::Adapters => {
-            let (report, count) = device::adapters_report();
-            print!("{report}");
-            Ok(if count == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        eprintln!("\nstopping after the batch in flight (Ctrl-C again to quit at once)");
+    });
+    let opts = RunOptions {
+        out,
+        adapter: a.adapter,
+        quiet: a.quiet,
+        resume,
+        force: a.force,
+        resume_lr: a.lr.filter(|_| resume),
+        interrupt: Some(flag),
+    };
+    match train::run(config, &opts) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.downcast_ref::<train::Interrupted>().is_some() => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(130))
         }
-        Command::Model { preset, latent_dim } => {
-            let latent = latent_dim.unwrap_or(preset.default_latent());
-            if latent == 0 {
-                cvae::usage!("--latent-dim must be at least 1, got 0");
-            }
-            let model = Model::preset(preset, latent, preset.default_kl())?;
-            print!("{}", model.summary());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Data { data_dir } => {
-            let d = Dataset::load(data_dir.as_deref())?;
-            println!(
-                "{}: {} training and {} test images of {}x{} pixels",
-                d.source,
-                d.train.len(),
-                d.test.len(),
-                d.train.rows,
-                d.train.cols
-            );
-            let mut counts = [0usize; 10];
-            for &l in &d.train.labels {
-                counts[l as usize] += 1;
-            }
-            println!("training images per class: {counts:?}");
-            Ok(ExitCode::SUCCESS)
-        }
+        Err(e) => Err(e),
     }
 }
 

@@ -9,66 +9,22 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
+use crate::atomic_write;
 use crate::checkpoint::{self, Checkpoint};
+pub use crate::config::TrainConfig;
 use crate::data::Dataset;
 use crate::gpu::kernels::Kernels;
 use crate::gpu::ops::Variant;
-use crate::gpu::trainer::{batch_weighted_mean, Trainer};
+use crate::gpu::trainer::{batch_weighted_mean, Trainer, TrainerSpec};
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::images;
-use crate::model::{KlKind, Model, Optimizer, Preset};
+use crate::model::Model;
+
 use crate::rng::{Rng, Stream};
 
 /// How many fixed latent vectors the epoch grids show (4 x 4, as the reference).
 pub const GRID: usize = 16;
-
-/// Everything that defines a run; saved as `config.json` and in every checkpoint.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    pub preset: Preset,
-    pub latent_dim: usize,
-    pub batch_size: usize,
-    pub epochs: u32,
-    pub lr: f32,
-    pub seed: u64,
-    pub kl: KlKind,
-    pub binarize: bool,
-    /// Images used from each split (all of them by default).
-    pub train_size: usize,
-    pub test_size: usize,
-    /// `--data-dir`, or None for the built-in MNIST.
-    pub data_dir: Option<PathBuf>,
-}
-
-impl TrainConfig {
-    pub fn model(&self) -> Result<Model> {
-        Ok(Model::preset(self.preset, self.latent_dim, self.kl)?)
-    }
-    pub fn optimizer(&self) -> Optimizer {
-        self.preset.default_optimizer().with_lr(self.lr)
-    }
-    /// Check the numbers a user can get wrong, before any work.
-    pub fn validate(&self) -> Result<()> {
-        if self.batch_size == 0 {
-            crate::usage!("--batch-size must be at least 1, got 0");
-        }
-        if self.latent_dim == 0 {
-            crate::usage!("--latent-dim must be at least 1, got 0");
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            crate::usage!("--lr must be a positive number, got {}", self.lr);
-        }
-        if self.epochs == 0 {
-            crate::usage!("--epochs must be at least 1, got 0");
-        }
-        if self.train_size == 0 || self.test_size == 0 {
-            crate::usage!("--train-size and --test-size must be at least 1");
-        }
-        Ok(())
-    }
-}
 
 /// Where and how to run.
 pub struct RunOptions {
@@ -122,11 +78,19 @@ fn say(quiet: bool, msg: &str) {
     }
 }
 
-/// Train (or resume) a run. Prints one line per epoch as the reference program does.
-pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+/// A run opened for training: its configuration, model, data on the device and
+/// where it starts.
+struct Opened {
+    config: TrainConfig,
+    resumed: Option<Checkpoint>,
+    data: Dataset,
+}
+
+/// Read the checkpoint to resume, or prepare a fresh run folder; then the data.
+fn open_run(config: TrainConfig, opts: &RunOptions) -> Result<Opened> {
     let out = &opts.out;
     // Resume: the saved config rules, except the number of epochs and, when asked, the learning rate.
-    let (config, resumed) = if opts.resume {
+    let (mut config, resumed) = if opts.resume {
         let ck = checkpoint::load(out).with_context(|| format!("cannot resume from {}", out.display()))?;
         let mut c = ck.config.clone();
         c.epochs = config.epochs.max(ck.epoch);
@@ -138,153 +102,166 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         prepare_out_dir(out, opts.force)?;
         (config, None)
     };
-    let mut config = config;
     config.validate()?;
     let model = config.model()?;
-    let opt = config.optimizer();
-
-    let data = Dataset::load(config.data_dir.as_deref())?;
-    let (mut train, mut test) = (data.train, data.test);
-    if config.train_size > train.len() && config.train_size != usize::MAX {
-        crate::usage!("--train-size {} is more than the {} training images in {}", config.train_size, train.len(), data.source);
+    let mut data = Dataset::load(config.data_dir.as_deref())?;
+    if config.train_size > data.train.len() && config.train_size != usize::MAX {
+        crate::usage!("--train-size {} is more than the {} training images in {}", config.train_size, data.train.len(), data.source);
     }
-    if config.test_size > test.len() && config.test_size != usize::MAX {
-        crate::usage!("--test-size {} is more than the {} test images in {}", config.test_size, test.len(), data.source);
+    if config.test_size > data.test.len() && config.test_size != usize::MAX {
+        crate::usage!("--test-size {} is more than the {} test images in {}", config.test_size, data.test.len(), data.source);
     }
-    train.truncate(config.train_size);
-    test.truncate(config.test_size);
+    data.train.truncate(config.train_size);
+    data.test.truncate(config.test_size);
     // Record the sizes actually used (the default means "all").
-    config.train_size = train.len();
-    config.test_size = test.len();
-    if (train.rows * train.cols) != model.image.len() {
-        bail!("{} holds {}x{} images; the {} preset needs 28x28", data.source, train.rows, train.cols, config.preset);
+    config.train_size = data.train.len();
+    config.test_size = data.test.len();
+    if (data.train.rows * data.train.cols) != model.image.len() {
+        bail!("{} holds {}x{} images; the {} preset needs 28x28", data.source, data.train.rows, data.train.cols, config.preset);
     }
+    Ok(Opened { config, resumed, data })
+}
 
+/// Train (or resume) a run. Prints one line per epoch as the reference program does.
+pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+    let Opened { config, resumed, data } = open_run(config, opts)?;
+    let out = &opts.out;
+    let model = config.model()?;
     let gpu = Gpu::open(opts.adapter)?;
     say(opts.quiet, &format!("adapter: {}", gpu.name()));
-    say(
-        opts.quiet,
-        &format!(
-            "model: {} ({} parameters), {} training and {} test images from {}",
-            config.preset,
-            model.num_params,
-            train.len(),
-            test.len(),
-            data.source
-        ),
-    );
+    let (train, test) = (&data.train, &data.test);
+    let what = format!("{} training and {} test images from {}", train.len(), test.len(), data.source);
+    say(opts.quiet, &format!("model: {} ({} parameters), {what}", config.preset, model.num_params));
     let kernels = Kernels::new(&gpu)?;
-    let rng = Rng::new(config.seed);
-    let fixed_z = rng.normals(Stream::Samples, 0, GRID * model.latent);
+    let fixed_z = Rng::new(config.seed).normals(Stream::Samples, 0, GRID * model.latent);
     let init = match &resumed {
         Some(ck) => ck.params.clone(),
         None => model.init_params(config.seed),
     };
-    let mut trainer = Trainer::new(
-        &gpu,
-        &kernels,
-        &model,
-        opt,
-        config.batch_size,
-        config.seed,
-        config.binarize,
-        &train,
-        &test,
-        &init,
-        &fixed_z,
-        Variant::Auto,
-    )?;
+    let spec = TrainerSpec {
+        model: &model,
+        optimizer: config.optimizer(),
+        batch: config.batch_size,
+        seed: config.seed,
+        binarize: config.binarize,
+        train,
+        test,
+        params: &init,
+        fixed_z: &fixed_z,
+        variant: Variant::Auto,
+    };
+    let mut trainer = Trainer::new(&gpu, &kernels, spec)?;
     // The images now live on the device; the host copy is not needed again.
     let train_len = train.len();
-    drop((train, test));
-    // Where to start: after the last complete epoch, or inside an interrupted one.
-    let (start_epoch, mut partial) = match &resumed {
-        Some(ck) => {
-            trainer.write_state(&ck.params, &ck.slots, ck.step)?;
-            match &ck.partial {
-                Some(p) => {
-                    say(
-                        opts.quiet,
-                        &format!("resuming {} inside epoch {} after batch {} (step {})", out.display(), p.epoch, p.losses.len(), ck.step),
-                    );
-                    (p.epoch, Some(p.clone()))
-                }
-                None => {
-                    say(opts.quiet, &format!("resuming {} after epoch {} (step {})", out.display(), ck.epoch, ck.step));
-                    (ck.epoch + 1, None)
-                }
-            }
-        }
-        None => {
-            checkpoint::write_atomic(&out.join("config.json"), (serde_json::to_string_pretty(&config)? + "\n").as_bytes())?;
-            checkpoint::write_atomic(&out.join(METRICS), METRICS_HEADER.as_bytes())?;
-            save_grid(&mut trainer, out, 0)?;
-            (1, None)
-        }
-    };
-
+    drop(data);
+    let mut run = Run { config: &config, opts, model: &model, train_len, last_complete: 0 };
+    let (start_epoch, mut partial) = run.start(&mut trainer, resumed.as_ref())?;
     let mut last_elbo = f64::NAN;
-    let steps = trainer.steps_per_epoch();
-    let mut last_complete = resumed.as_ref().map(|ck| ck.epoch).unwrap_or(0);
     for epoch in start_epoch..=config.epochs {
-        let bar = progress_bar(opts.quiet, train_len as u64, epoch, config.epochs);
+        last_elbo = run.epoch(&mut trainer, epoch, partial.take())?;
+    }
+    trainer.finish()?;
+    let frames = images::write_gif(out, &out.join("cvae.gif"))?;
+    say(opts.quiet, &format!("wrote cvae.gif ({frames} frames), {METRICS}, elbo.png and {} in {}", checkpoint::FILE, out.display()));
+    Ok(RunSummary { last_elbo, epochs_done: config.epochs })
+}
+
+/// A run in progress: what every epoch needs.
+struct Run<'r> {
+    config: &'r TrainConfig,
+    opts: &'r RunOptions,
+    model: &'r Model,
+    train_len: usize,
+    /// The last complete epoch (what a checkpoint written now holds).
+    last_complete: u32,
+}
+
+impl Run<'_> {
+    /// Where to start: after the last complete epoch, or inside an interrupted one.
+    /// A fresh run writes its config, the metrics header and the untrained grid.
+    fn start(&mut self, trainer: &mut Trainer<'_>, resumed: Option<&Checkpoint>) -> Result<(u32, Option<checkpoint::Partial>)> {
+        let (out, quiet) = (&self.opts.out, self.opts.quiet);
+        let Some(ck) = resumed else {
+            atomic_write::write_atomic(&out.join("config.json"), (serde_json::to_string_pretty(self.config)? + "\n").as_bytes())?;
+            atomic_write::write_atomic(&out.join(METRICS), METRICS_HEADER.as_bytes())?;
+            save_grid(trainer, out, 0)?;
+            return Ok((1, None));
+        };
+        trainer.write_state(&ck.params, &ck.slots, ck.step)?;
+        self.last_complete = ck.epoch;
+        Ok(match &ck.partial {
+            Some(p) => {
+                say(
+                    quiet,
+                    &format!("resuming {} inside epoch {} after batch {} (step {})", out.display(), p.epoch, p.losses.len(), ck.step),
+                );
+                (p.epoch, Some(p.clone()))
+            }
+            None => {
+                say(quiet, &format!("resuming {} after epoch {} (step {})", out.display(), ck.epoch, ck.step));
+                (ck.epoch + 1, None)
+            }
+        })
+    }
+
+    /// One epoch: its training steps (continuing an interrupted one from `partial`),
+    /// then the test-set ELBO, the files and the checkpoint. Returns the ELBO.
+    fn epoch(&mut self, trainer: &mut Trainer<'_>, epoch: u32, partial: Option<checkpoint::Partial>) -> Result<f64> {
+        let (config, opts) = (self.config, self.opts);
+        let bar = progress_bar(opts.quiet, self.train_len as u64, epoch, config.epochs);
         let t0 = Instant::now();
         trainer.begin_epoch(epoch);
         // An interrupted epoch continues where it stopped, with the losses it had.
-        let (first, earlier, earlier_seconds) = match partial.take() {
+        let (first, mut losses, earlier_seconds) = match partial {
             Some(p) => (p.losses.len(), p.losses, p.seconds),
             None => (0, Vec::new(), 0.0),
         };
-        bar.inc((first * config.batch_size).min(train_len) as u64);
-        let mut stopped_after = None;
+        bar.inc((first * config.batch_size).min(self.train_len) as u64);
+        let steps = trainer.steps_per_epoch();
         for j in first..steps {
             let n = trainer.train_step(j)?;
             bar.inc(n as u64);
             if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) && j + 1 < steps {
-                stopped_after = Some(j + 1);
-                break;
+                // Ctrl-C: the batch in flight is finished; save where the epoch stands.
+                losses.extend(&trainer.read_train_losses(j + 1)?[first..]);
+                bar.finish_and_clear();
+                let seconds = earlier_seconds + t0.elapsed().as_secs_f64();
+                return Err(self.save_interrupted(trainer, epoch, losses, seconds)?.into());
             }
         }
-        if let Some(done) = stopped_after {
-            // Ctrl-C: the batch in flight is finished; save where the epoch stands.
-            let mut losses = earlier.clone();
-            losses.extend(&trainer.read_train_losses(done)?[first..]);
-            bar.finish_and_clear();
-            check_finite(&losses, epoch, trainer.step - done as u64)?;
-            let (params, slots) = trainer.read_state()?;
-            let p = checkpoint::Partial { epoch, losses, seconds: earlier_seconds + t0.elapsed().as_secs_f64() };
-            let ck = Checkpoint { config: config.clone(), epoch: last_complete, step: trainer.step, params, slots, partial: Some(p) };
-            checkpoint::save(&out.join(checkpoint::FILE), &model, &opt, &ck)?;
-            return Err(Interrupted { epoch, batch: done, steps, out: out.clone() }.into());
-        }
         // The one read of the epoch: every batch's loss (waits for the GPU to finish).
-        let mut losses = earlier;
         losses.extend(&trainer.read_train_losses(steps)?[first..]);
         let seconds = earlier_seconds + t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        check_finite(&losses, epoch, trainer.step - steps as u64)?;
-        let train_loss = batch_weighted_mean(&losses, train_len, config.batch_size);
+        check_finite(&losses, epoch, trainer.step() - steps as u64)?;
+        let train_loss = batch_weighted_mean(&losses, self.train_len, config.batch_size);
         let elbo = -trainer.evaluate(epoch)?;
-        last_elbo = elbo;
-        let images_per_second = train_len as f64 / seconds;
         if !opts.quiet {
             println!("Epoch: {epoch}, Test set ELBO: {elbo:.4}, time elapse for current epoch: {seconds:.3}");
         }
-        append_metrics(out, epoch, train_loss, elbo, seconds, images_per_second)?;
-        save_grid(&mut trainer, out, epoch)?;
+        let out = &opts.out;
+        append_metrics(out, epoch, train_loss, elbo, seconds, self.train_len as f64 / seconds)?;
+        save_grid(trainer, out, epoch)?;
         plot_elbo(out)?;
-        let (params, slots) = trainer.read_state()?;
-        let ck = Checkpoint { config: config.clone(), epoch, step: trainer.step, params, slots, partial: None };
-        checkpoint::save(&out.join(checkpoint::FILE), &model, &opt, &ck)?;
-        last_complete = epoch;
+        self.save(trainer, epoch, None)?;
+        self.last_complete = epoch;
+        Ok(elbo)
     }
-    trainer.finish()?;
-    let frames = images::write_gif(out, &out.join("cvae.gif"))?;
-    say(
-        opts.quiet,
-        &format!("wrote {} ({} frames), {}, {} and {} in {}", "cvae.gif", frames, METRICS, "elbo.png", checkpoint::FILE, out.display()),
-    );
-    Ok(RunSummary { last_elbo, epochs_done: config.epochs })
+
+    /// Write the checkpoint: the state after `epoch` (or inside an interrupted epoch).
+    fn save(&self, trainer: &Trainer<'_>, epoch: u32, partial: Option<checkpoint::Partial>) -> Result<()> {
+        let (params, slots) = trainer.read_state()?;
+        let ck = Checkpoint { config: self.config.clone(), epoch, step: trainer.step(), params, slots, partial };
+        checkpoint::save(&self.opts.out.join(checkpoint::FILE), self.model, &self.config.optimizer(), &ck)
+    }
+
+    /// After Ctrl-C inside `epoch`: checkpoint where it stands, and say how to go on.
+    fn save_interrupted(&self, trainer: &Trainer<'_>, epoch: u32, losses: Vec<f32>, seconds: f64) -> Result<Interrupted> {
+        let done = losses.len();
+        check_finite(&losses, epoch, trainer.step() - done as u64)?;
+        self.save(trainer, self.last_complete, Some(checkpoint::Partial { epoch, losses, seconds }))?;
+        Ok(Interrupted { epoch, batch: done, steps: trainer.steps_per_epoch(), out: self.opts.out.clone() })
+    }
 }
 
 /// Training stopped by Ctrl-C after a checkpoint of where it stood was written.
@@ -337,11 +314,12 @@ fn prepare_out_dir(out: &Path, force: bool) -> Result<()> {
 
 fn save_grid(trainer: &mut Trainer<'_>, out: &Path, epoch: u32) -> Result<()> {
     let probs = trainer.decode_fixed()?;
-    let (h, w) = match trainer.model.image {
+    let image = trainer.model().image;
+    let (h, w) = match image {
         crate::model::Shape::Image { h, w, .. } => (h, w),
         crate::model::Shape::Flat(n) => (1, n),
     };
-    let img = images::grid(&probs, trainer.fixed_count, h, w, 4, 4, 2);
+    let img = images::grid(&probs, probs.len() / image.len(), h, w, 4, 4, 2);
     images::save_png(&out.join(format!("image_at_epoch_{epoch:04}.png")), &image::DynamicImage::ImageLuma8(img))
 }
 
@@ -353,7 +331,7 @@ fn append_metrics(out: &Path, epoch: u32, train_loss: f64, elbo: f64, seconds: f
     let keep: Vec<&str> = text.lines().filter(|l| l.split(',').next() != Some(&epoch.to_string())).collect();
     text = keep.join("\n") + "\n";
     writeln!(text, "{epoch},{train_loss:.6},{elbo:.6},{seconds:.3},{ips:.1}").expect("writing to a String");
-    checkpoint::write_atomic(&path, text.as_bytes())
+    atomic_write::write_atomic(&path, text.as_bytes())
 }
 
 /// Read metrics.csv back: (epoch, train loss, test ELBO) per row.

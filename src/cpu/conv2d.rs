@@ -5,10 +5,12 @@
 use super::activation::apply_activation;
 use crate::model::{Activation, ConvGeom};
 
-/// The input pixel that output pixel `o` meets through tap `k`, if inside.
+/// The fine-side position that coarse-side position `q` meets through kernel tap `k`,
+/// if inside `len`: q * stride + k - pad. The coarse side is a Conv2D's output and a
+/// Conv2DTranspose's input (the same helper, and name, as `shaders/prelude.wgsl`).
 #[inline]
-pub fn tap(o: usize, k: usize, stride: usize, pad: usize, len: usize) -> Option<usize> {
-    let p = (o * stride + k).checked_sub(pad)?;
+pub fn fine_from_coarse(q: usize, k: usize, stride: usize, pad: usize, len: usize) -> Option<usize> {
+    let p = (q * stride + k).checked_sub(pad)?;
     (p < len).then_some(p)
 }
 
@@ -20,9 +22,9 @@ pub fn conv2d_forward(g: &ConvGeom, x: &[f32], kernel: &[f32], bias: &[f32], act
                 let out = &mut y[((b * g.out_h + oy) * g.out_w + ox) * g.out_c..][..g.out_c];
                 out.copy_from_slice(bias);
                 for i in 0..g.k_h {
-                    let Some(iy) = tap(oy, i, g.stride, g.pad_top, g.in_h) else { continue };
+                    let Some(iy) = fine_from_coarse(oy, i, g.stride, g.pad_top, g.in_h) else { continue };
                     for j in 0..g.k_w {
-                        let Some(ix) = tap(ox, j, g.stride, g.pad_left, g.in_w) else { continue };
+                        let Some(ix) = fine_from_coarse(ox, j, g.stride, g.pad_left, g.in_w) else { continue };
                         for c in 0..g.in_c {
                             let xv = x[((b * g.in_h + iy) * g.in_w + ix) * g.in_c + c];
                             let w = &kernel[((i * g.k_w + j) * g.in_c + c) * g.out_c..][..g.out_c];
@@ -47,9 +49,9 @@ pub fn conv2d_backward_input(g: &ConvGeom, dy: &[f32], kernel: &[f32]) -> Vec<f3
             for ox in 0..g.out_w {
                 let d = &dy[((b * g.out_h + oy) * g.out_w + ox) * g.out_c..][..g.out_c];
                 for i in 0..g.k_h {
-                    let Some(iy) = tap(oy, i, g.stride, g.pad_top, g.in_h) else { continue };
+                    let Some(iy) = fine_from_coarse(oy, i, g.stride, g.pad_top, g.in_h) else { continue };
                     for j in 0..g.k_w {
-                        let Some(ix) = tap(ox, j, g.stride, g.pad_left, g.in_w) else { continue };
+                        let Some(ix) = fine_from_coarse(ox, j, g.stride, g.pad_left, g.in_w) else { continue };
                         for c in 0..g.in_c {
                             let w = &kernel[((i * g.k_w + j) * g.in_c + c) * g.out_c..][..g.out_c];
                             dx[((b * g.in_h + iy) * g.in_w + ix) * g.in_c + c] += d.iter().zip(w).map(|(a, b)| a * b).sum::<f32>();
@@ -70,9 +72,9 @@ pub fn conv2d_backward_kernel(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
             for ox in 0..g.out_w {
                 let d = &dy[((b * g.out_h + oy) * g.out_w + ox) * g.out_c..][..g.out_c];
                 for i in 0..g.k_h {
-                    let Some(iy) = tap(oy, i, g.stride, g.pad_top, g.in_h) else { continue };
+                    let Some(iy) = fine_from_coarse(oy, i, g.stride, g.pad_top, g.in_h) else { continue };
                     for j in 0..g.k_w {
-                        let Some(ix) = tap(ox, j, g.stride, g.pad_left, g.in_w) else { continue };
+                        let Some(ix) = fine_from_coarse(ox, j, g.stride, g.pad_left, g.in_w) else { continue };
                         for c in 0..g.in_c {
                             let xv = x[((b * g.in_h + iy) * g.in_w + ix) * g.in_c + c];
                             let w = &mut dk[((i * g.k_w + j) * g.in_c + c) * g.out_c..][..g.out_c];

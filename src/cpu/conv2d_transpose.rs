@@ -3,7 +3,7 @@
 //! y: [B, OH, OW, F]. Input (iy, ix) reaches output (iy*s + i - pad_top, ix*s + j - pad_left).
 
 use super::activation::apply_activation;
-use super::conv2d::tap;
+use super::conv2d::fine_from_coarse;
 use crate::model::{Activation, ConvGeom};
 
 pub fn conv2d_transpose_forward(g: &ConvGeom, x: &[f32], kernel: &[f32], bias: &[f32], act: Activation) -> Vec<f32> {
@@ -13,9 +13,9 @@ pub fn conv2d_transpose_forward(g: &ConvGeom, x: &[f32], kernel: &[f32], bias: &
             for ix in 0..g.in_w {
                 let xs = &x[((b * g.in_h + iy) * g.in_w + ix) * g.in_c..][..g.in_c];
                 for i in 0..g.k_h {
-                    let Some(oy) = tap(iy, i, g.stride, g.pad_top, g.out_h) else { continue };
+                    let Some(oy) = fine_from_coarse(iy, i, g.stride, g.pad_top, g.out_h) else { continue };
                     for j in 0..g.k_w {
-                        let Some(ox) = tap(ix, j, g.stride, g.pad_left, g.out_w) else { continue };
+                        let Some(ox) = fine_from_coarse(ix, j, g.stride, g.pad_left, g.out_w) else { continue };
                         let out = &mut y[((b * g.out_h + oy) * g.out_w + ox) * g.out_c..][..g.out_c];
                         for (f, o) in out.iter_mut().enumerate() {
                             let w = &kernel[((i * g.k_w + j) * g.out_c + f) * g.in_c..][..g.in_c];
@@ -39,9 +39,9 @@ pub fn conv2d_transpose_backward_input(g: &ConvGeom, dy: &[f32], kernel: &[f32])
             for ix in 0..g.in_w {
                 let out = &mut dx[((b * g.in_h + iy) * g.in_w + ix) * g.in_c..][..g.in_c];
                 for i in 0..g.k_h {
-                    let Some(oy) = tap(iy, i, g.stride, g.pad_top, g.out_h) else { continue };
+                    let Some(oy) = fine_from_coarse(iy, i, g.stride, g.pad_top, g.out_h) else { continue };
                     for j in 0..g.k_w {
-                        let Some(ox) = tap(ix, j, g.stride, g.pad_left, g.out_w) else { continue };
+                        let Some(ox) = fine_from_coarse(ix, j, g.stride, g.pad_left, g.out_w) else { continue };
                         let d = &dy[((b * g.out_h + oy) * g.out_w + ox) * g.out_c..][..g.out_c];
                         for (f, &dv) in d.iter().enumerate() {
                             let w = &kernel[((i * g.k_w + j) * g.out_c + f) * g.in_c..][..g.in_c];
@@ -65,9 +65,9 @@ pub fn conv2d_transpose_backward_kernel(g: &ConvGeom, x: &[f32], dy: &[f32]) -> 
             for ix in 0..g.in_w {
                 let xs = &x[((b * g.in_h + iy) * g.in_w + ix) * g.in_c..][..g.in_c];
                 for i in 0..g.k_h {
-                    let Some(oy) = tap(iy, i, g.stride, g.pad_top, g.out_h) else { continue };
+                    let Some(oy) = fine_from_coarse(iy, i, g.stride, g.pad_top, g.out_h) else { continue };
                     for j in 0..g.k_w {
-                        let Some(ox) = tap(ix, j, g.stride, g.pad_left, g.out_w) else { continue };
+                        let Some(ox) = fine_from_coarse(ix, j, g.stride, g.pad_left, g.out_w) else { continue };
                         let d = &dy[((b * g.out_h + oy) * g.out_w + ox) * g.out_c..][..g.out_c];
                         for (f, &dv) in d.iter().enumerate() {
                             let w = &mut dk[((i * g.k_w + j) * g.out_c + f) * g.in_c..][..g.in_c];

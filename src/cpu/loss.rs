@@ -7,9 +7,7 @@ pub fn sigmoid_cross_entropy(x: f32, z: f32) -> f32 {
     x.max(0.0) - x * z + (1.0 + (-x.abs()).exp()).ln()
 }
 
-pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
+pub use crate::math::sigmoid;
 
 /// Per-example sum of the cross-entropy over its `pixels` values: [B].
 pub fn sigmoid_cross_entropy_forward(logits: &[f32], targets: &[f32], pixels: usize) -> Vec<f32> {

@@ -1,19 +1,23 @@
 //! The shader files, their pipelines, and dispatches.
 //!
 //! One pipeline per entry point serves every layer of every preset: shapes and
-//! offsets travel in a uniform buffer at binding 0. Which other bindings an entry
-//! point uses is read from the shader itself with naga, so a launcher passes the
-//! buffers it has by binding number and a missing one is an error, not a crash.
+//! offsets travel in a uniform at binding 0 (`p`, a struct of `uniforms.rs`).
+//! Which other buffers an entry point uses, and under which names, is read from
+//! the shader itself with naga: a launcher passes its buffers by binding *name*,
+//! and a missing name, a name the entry point does not use, or a uniform of the
+//! wrong struct is an error, not a crash or a silent swap.
 
 use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::uniforms::Uniform;
 use super::Gpu;
 
-/// Every shader file, by name (`shaders/<name>.wgsl`).
+/// Every shader file with entry points, by name (`shaders/<name>.wgsl`).
 pub const SHADER_FILES: [(&str, &str); 10] = [
     ("activation", include_str!("../../shaders/activation.wgsl")),
+    ("blocked", include_str!("../../shaders/blocked.wgsl")),
     ("conv2d", include_str!("../../shaders/conv2d.wgsl")),
     ("conv2d_transpose", include_str!("../../shaders/conv2d_transpose.wgsl")),
     ("dense", include_str!("../../shaders/dense.wgsl")),
@@ -22,22 +26,21 @@ pub const SHADER_FILES: [(&str, &str); 10] = [
     ("loss", include_str!("../../shaders/loss.wgsl")),
     ("optim", include_str!("../../shaders/optim.wgsl")),
     ("reparam", include_str!("../../shaders/reparam.wgsl")),
-    ("rng", include_str!("../../shaders/rng.wgsl")),
 ];
 
-/// Files that draw random numbers get `rng.wgsl` prepended (WGSL has no include).
-const NEEDS_RNG: [&str; 1] = ["reparam"];
+/// Prepended to every file: the shared structs and helpers, and the RNG.
+const PRELUDE: &str = include_str!("../../shaders/prelude.wgsl");
+const RNG: &str = include_str!("../../shaders/rng.wgsl");
 
-/// Threads per workgroup of every 1-D kernel (the `@workgroup_size(64)` in the shaders).
+/// Invocations per workgroup of the 1-D kernels: the shaders' `WG`, defined here only.
 pub const WORKGROUP: u32 = 64;
 /// wgpu's default `max_compute_workgroups_per_dimension`.
 pub const MAX_GROUPS_PER_DIM: u32 = 65535;
 
-/// The WGSL source handed to the device for one file, with its library prepended.
+/// The WGSL source handed to the device for one file: `WG`, the prelude, the RNG, the file.
 pub fn composed_source(name: &str) -> Option<String> {
     let (_, src) = SHADER_FILES.iter().find(|(n, _)| *n == name)?;
-    let rng = SHADER_FILES.iter().find(|(n, _)| *n == "rng").map(|(_, s)| *s).unwrap_or_default();
-    Some(if NEEDS_RNG.contains(&name) { format!("{rng}\n{src}") } else { src.to_string() })
+    Some(format!("const WG: u32 = {WORKGROUP}u;\n{PRELUDE}\n{RNG}\n{src}"))
 }
 
 /// Parse and validate one composed file with naga.
@@ -55,8 +58,30 @@ pub struct Kernel {
     pub file: &'static str,
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
-    /// Bindings (other than the uniform at 0) that the entry point uses.
-    pub bindings: Vec<u32>,
+    /// The buffers the entry point uses other than its uniform `p`: (name, binding).
+    pub bindings: Vec<(String, u32)>,
+    /// The WGSL struct of its uniform `p` at binding 0.
+    pub uniform: String,
+    /// Invocations per workgroup (x; every kernel's grid is 1-D).
+    pub workgroup: u32,
+}
+
+/// What an entry point uses, read from naga's analysis: (name, binding) of every
+/// resource but `p`, and the struct name of `p`.
+fn reflect(module: &naga::Module, info: &naga::valid::ModuleInfo, index: usize) -> (Vec<(String, u32)>, String) {
+    let uses = info.get_entry_point(index);
+    let mut bindings = Vec::new();
+    let mut uniform = String::new();
+    for (h, var) in module.global_variables.iter() {
+        let (Some(b), false) = (&var.binding, uses[h].is_empty()) else { continue };
+        if b.binding == 0 {
+            uniform = module.types[var.ty].name.clone().unwrap_or_default();
+        } else {
+            bindings.push((var.name.clone().unwrap_or_default(), b.binding));
+        }
+    }
+    bindings.sort_by_key(|(_, b)| *b);
+    (bindings, uniform)
 }
 
 pub struct Kernels {
@@ -69,23 +94,12 @@ impl Kernels {
         let mut map = HashMap::new();
         for (file, _) in SHADER_FILES {
             let (module, info) = naga_module(file)?;
-            if module.entry_points.is_empty() {
-                continue;
-            }
             let src = composed_source(file).expect("listed file");
             let shader = gpu
                 .device
                 .create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(file), source: wgpu::ShaderSource::Wgsl(src.into()) });
             for (i, ep) in module.entry_points.iter().enumerate() {
-                let uses = info.get_entry_point(i);
-                let mut bindings: Vec<u32> = module
-                    .global_variables
-                    .iter()
-                    .filter(|(h, _)| !uses[*h].is_empty())
-                    .filter_map(|(_, var)| var.binding.as_ref().map(|b| b.binding))
-                    .filter(|&b| b != 0)
-                    .collect();
-                bindings.sort_unstable();
+                let (bindings, uniform) = reflect(&module, &info, i);
                 let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(&ep.name),
                     layout: None,
@@ -95,7 +109,8 @@ impl Kernels {
                     cache: None,
                 });
                 let layout = pipeline.get_bind_group_layout(0);
-                map.insert(ep.name.clone(), Kernel { file, pipeline, layout, bindings });
+                let workgroup = ep.workgroup_size[0];
+                map.insert(ep.name.clone(), Kernel { file, pipeline, layout, bindings, uniform, workgroup });
             }
         }
         Ok(Kernels { map })
@@ -109,35 +124,52 @@ impl Kernels {
         self.map.keys().map(|s| s.as_str())
     }
 
-    /// A dispatch of `entry` over `threads` invocations (64 per workgroup).
-    pub fn dispatch(&self, gpu: &Gpu, entry: &str, uniform: &[u8], buffers: &[(u32, &wgpu::Buffer)], threads: usize) -> Result<Dispatch> {
-        self.dispatch_groups(gpu, entry, uniform, buffers, threads.div_ceil(WORKGROUP as usize))
-    }
-
-    /// A dispatch of `entry` over `groups` workgroups (for one-workgroup-per-item kernels).
-    pub fn dispatch_groups(
+    /// A dispatch of `entry` over `threads` invocations.
+    pub fn dispatch<U: Uniform>(
         &self,
         gpu: &Gpu,
         entry: &str,
-        uniform: &[u8],
-        buffers: &[(u32, &wgpu::Buffer)],
+        uniform: &U,
+        buffers: &[(&str, &wgpu::Buffer)],
+        threads: usize,
+    ) -> Result<Dispatch> {
+        let groups = threads.div_ceil(self.get(entry)?.workgroup as usize);
+        self.dispatch_groups(gpu, entry, uniform, buffers, groups)
+    }
+
+    /// A dispatch of `entry` over `groups` workgroups (for one-workgroup-per-item kernels).
+    /// `buffers` name every buffer the entry point uses: each name must be one of its
+    /// bindings, and each of its bindings must be named.
+    pub fn dispatch_groups<U: Uniform>(
+        &self,
+        gpu: &Gpu,
+        entry: &str,
+        uniform: &U,
+        buffers: &[(&str, &wgpu::Buffer)],
         groups: usize,
     ) -> Result<Dispatch> {
         let k = self.get(entry)?;
+        if k.uniform != U::WGSL {
+            bail!("{entry} (shaders/{}.wgsl) takes a uniform {}, not {}", k.file, k.uniform, U::WGSL);
+        }
+        let names = || k.bindings.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+        if let Some((extra, _)) = buffers.iter().find(|(n, _)| !k.bindings.iter().any(|(b, _)| b == n)) {
+            bail!("{entry} (shaders/{}.wgsl) has no buffer named {extra}; it binds {}", k.file, names());
+        }
         let groups = u32::try_from(groups.max(1)).map_err(|_| anyhow!("{entry}: {groups} workgroups is too many"))?;
         let grid = if groups <= MAX_GROUPS_PER_DIM { [groups, 1, 1] } else { [MAX_GROUPS_PER_DIM, groups.div_ceil(MAX_GROUPS_PER_DIM), 1] };
         if grid[1] > MAX_GROUPS_PER_DIM {
             bail!("{entry}: {groups} workgroups exceed the device's {MAX_GROUPS_PER_DIM} x {MAX_GROUPS_PER_DIM} grid; use a smaller batch");
         }
-        let ubuf = gpu.uniform_bytes(entry, uniform);
+        let ubuf = gpu.uniform(entry, uniform);
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
-        for &b in &k.bindings {
+        for (name, b) in &k.bindings {
             let buf = buffers
                 .iter()
-                .find(|(n, _)| *n == b)
+                .find(|(n, _)| n == name)
                 .map(|(_, buf)| *buf)
-                .with_context(|| format!("{entry} (shaders/{}.wgsl) needs a buffer at binding {b}", k.file))?;
-            entries.push(wgpu::BindGroupEntry { binding: b, resource: buf.as_entire_binding() });
+                .with_context(|| format!("{entry} (shaders/{}.wgsl) needs a buffer named {name}; it binds {}", k.file, names()))?;
+            entries.push(wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() });
         }
         let bind_group =
             gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(entry), layout: &k.layout, entries: &entries });

@@ -1,11 +1,13 @@
 //! Launchers: one Rust function per WGSL entry point, with the same name as the
 //! entry point and as its CPU twin in `src/cpu/`. Each returns a `Dispatch` to
-//! record; none of them submits. The uniform structs mirror the shaders' exactly.
+//! record; none of them submits. Buffers are passed by their binding names in the
+//! shader; the uniform structs are in `uniforms.rs`.
 
 use anyhow::Result;
-use bytemuck::{bytes_of, Pod, Zeroable};
 
 use super::kernels::{Dispatch, Kernels};
+pub use super::uniforms::StepUniform;
+use super::uniforms::{ActUniform, ConvUniform, DenseUniform, GatherUniform, KlUniform, LossUniform, OptimUniform, ReparamUniform};
 use super::Gpu;
 use crate::model::ConvGeom;
 
@@ -25,32 +27,6 @@ fn images_within_loop_budget(h: usize, w: usize) -> usize {
 /// the device's limits before building any dispatch, so this cannot overflow there.
 fn u(x: usize) -> u32 {
     u32::try_from(x).expect("tensor sizes are checked to fit in u32 before dispatch")
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct ConvUniform {
-    pub batch: u32,
-    pub in_h: u32,
-    pub in_w: u32,
-    pub in_c: u32,
-    pub out_h: u32,
-    pub out_w: u32,
-    pub out_c: u32,
-    pub k_h: u32,
-    pub k_w: u32,
-    pub stride: u32,
-    pub pad_top: u32,
-    pub pad_left: u32,
-    pub w_off: u32,
-    pub b_off: u32,
-    pub relu: u32,
-    /// Blocked kernels: add the bias (1) or not (0).
-    pub bias: u32,
-    /// Blocked kernel gradient: images per slice of the batch, and the slice count.
-    pub slice_images: u32,
-    pub slices: u32,
-    pub _pad: [u32; 2],
 }
 
 impl ConvUniform {
@@ -74,98 +50,9 @@ impl ConvUniform {
             bias: 0,
             slice_images: u(g.batch),
             slices: 1,
-            _pad: [0; 2],
+            ..Default::default()
         }
     }
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct DenseUniform {
-    pub batch: u32,
-    pub inputs: u32,
-    pub outputs: u32,
-    pub w_off: u32,
-    pub b_off: u32,
-    pub relu: u32,
-    pub _pad: [u32; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct ActUniform {
-    pub rows: u32,
-    pub channels: u32,
-    pub b_off: u32,
-    pub _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct LossUniform {
-    pub batch: u32,
-    pub pixels: u32,
-    pub _pad: [u32; 2],
-    pub grad_scale: f32,
-    pub recon_scale: f32,
-    pub inv_batch: f32,
-    pub _pad2: f32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct KlUniform {
-    pub batch: u32,
-    pub latent: u32,
-    pub _pad: [u32; 2],
-    pub scale: f32,
-    pub kl_scale: f32,
-    pub _pad2: [f32; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct ReparamUniform {
-    pub batch: u32,
-    pub latent: u32,
-    pub key0: u32,
-    pub key1: u32,
-}
-
-/// Per-step values the host writes before each step's submission.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
-pub struct StepUniform {
-    /// The noise counter (training steps done so far).
-    pub step: u32,
-    /// Where this batch starts in the epoch's shuffled order.
-    pub batch_start: u32,
-    /// Where `loss_reduce` writes this batch's loss.
-    pub loss_slot: u32,
-    /// Adam's bias-corrected step size for this step.
-    pub alpha: f32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct OptimUniform {
-    pub n: u32,
-    pub _pad: [u32; 3],
-    pub lr: f32,
-    /// Adam's beta1 (unused by RMSprop).
-    pub beta1: f32,
-    /// Adam's beta2, or RMSprop's rho.
-    pub beta2: f32,
-    pub eps: f32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct GatherUniform {
-    pub batch: u32,
-    pub pixels: u32,
-    pub binarize: u32,
-    pub _pad: u32,
 }
 
 /// A layer's weights: the flat parameter buffer and where its kernel and bias start.
@@ -191,6 +78,7 @@ pub enum Variant {
 }
 
 /// The launchers, bound to a device and its pipelines.
+#[derive(Clone, Copy)]
 pub struct Ops<'a> {
     pub gpu: &'a Gpu,
     pub k: &'a Kernels,
@@ -218,15 +106,9 @@ impl Ops<'_> {
         let u = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
         let threads = g.batch.div_ceil(4) * g.out_h * g.out_w * g.out_c / 4;
         if vec4_in {
-            self.k.dispatch(self.gpu, "conv2d_forward_blocked", bytes_of(&u), &[(2, w.params), (7, x), (8, w.params), (9, y)], threads)
+            self.k.dispatch(self.gpu, "conv2d_forward_blocked", &u, &[("x4", x), ("w4", w.params), ("y4", y)], threads)
         } else {
-            self.k.dispatch(
-                self.gpu,
-                "conv2d_forward_blocked_scalar",
-                bytes_of(&u),
-                &[(1, x), (2, w.params), (8, w.params), (9, y)],
-                threads,
-            )
+            self.k.dispatch(self.gpu, "conv2d_forward_blocked_scalar", &u, &[("x", x), ("w4", w.params), ("y4", y)], threads)
         }
     }
 
@@ -246,16 +128,16 @@ impl Ops<'_> {
             self.k.dispatch(
                 self.gpu,
                 "conv2d_backward_input_blocked",
-                bytes_of(&u),
-                &[(2, w.params), (8, w.params), (10, dy), (11, dx)],
+                &u,
+                &[("w4", w.params), ("dy4", dy), ("dx4", dx)],
                 g.batch.div_ceil(4) * g.in_h * g.in_w * g.in_c / 4,
             )
         } else {
             self.k.dispatch(
                 self.gpu,
                 "conv2d_backward_input_blocked_scalar",
-                bytes_of(&u),
-                &[(2, w.params), (5, dx), (8, w.params), (10, dy)],
+                &u,
+                &[("w4", w.params), ("dy4", dy), ("dx", dx)],
                 g.batch.div_ceil(4) * g.in_h * g.in_w * g.in_c,
             )
         }
@@ -285,21 +167,26 @@ impl Ops<'_> {
             self.k.dispatch(
                 self.gpu,
                 "conv2d_backward_kernel_blocked",
-                bytes_of(&u),
-                &[(7, x), (10, dy), (13, &part)],
+                &u,
+                &[("x4", x), ("dy4", dy), ("part4", &part)],
                 slices * g.kernel_len() / 16,
             )?
         } else {
             self.k.dispatch(
                 self.gpu,
                 "conv2d_backward_kernel_blocked_scalar",
-                bytes_of(&u),
-                &[(1, x), (10, dy), (15, &part)],
+                &u,
+                &[("x", x), ("dy4", dy), ("part4", &part)],
                 slices * g.kernel_len() / 16,
             )?
         };
-        let reduce =
-            self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", bytes_of(&u), &[(6, grads.params), (14, &part)], g.kernel_len())?;
+        let reduce = self.k.dispatch(
+            self.gpu,
+            "conv2d_backward_kernel_reduce",
+            &u,
+            &[("grads", grads.params), ("partial_sums", &part)],
+            g.kernel_len(),
+        )?;
         Ok(Some(main.then(reduce).keeping(part)))
     }
 
@@ -310,7 +197,7 @@ impl Ops<'_> {
         let u = ConvUniform::new(g, w, relu);
         Ok(self
             .k
-            .dispatch(self.gpu, "conv2d_forward", bytes_of(&u), &[(1, x), (2, w.params), (3, y)], g.out_len())?
+            .dispatch(self.gpu, "conv2d_forward", &u, &[("x", x), ("params", w.params), ("y", y)], g.out_len())?
             .with_flops(2.0 * g.macs(false) as f64))
     }
     pub fn conv2d_backward_input(&self, g: &ConvGeom, dy: &wgpu::Buffer, w: Weights<'_>, dx: &wgpu::Buffer) -> Result<Dispatch> {
@@ -320,10 +207,9 @@ impl Ops<'_> {
         let u = ConvUniform::new(g, w, false);
         Ok(self
             .k
-            .dispatch(self.gpu, "conv2d_backward_input", bytes_of(&u), &[(2, w.params), (4, dy), (5, dx)], g.in_len())?
+            .dispatch(self.gpu, "conv2d_backward_input", &u, &[("params", w.params), ("dy", dy), ("dx", dx)], g.in_len())?
             .with_flops(2.0 * g.macs(false) as f64))
     }
-    /// Writes the kernel gradient at `w_off` of `grads` (overwriting).
     /// Writes the kernel gradient at `w_off` of `grads` (overwriting).
     pub fn conv2d_backward_kernel(&self, g: &ConvGeom, x: &wgpu::Buffer, dy: &wgpu::Buffer, grads: Weights<'_>) -> Result<Dispatch> {
         if let Some(v4) = self.blocked(g, grads.w_off) {
@@ -349,9 +235,14 @@ impl Ops<'_> {
         let slices = g.batch.div_ceil(images);
         let part = self.gpu.zeros("partial kernel gradients", slices * g.kernel_len());
         let u = ConvUniform { slice_images: u(images), slices: u(slices), ..ConvUniform::new(g, grads, false) };
-        let main = self.k.dispatch(self.gpu, entry, bytes_of(&u), &[(1, x), (4, dy), (16, &part)], slices * g.kernel_len())?;
-        let reduce =
-            self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", bytes_of(&u), &[(6, grads.params), (14, &part)], g.kernel_len())?;
+        let main = self.k.dispatch(self.gpu, entry, &u, &[("x", x), ("dy", dy), ("part", &part)], slices * g.kernel_len())?;
+        let reduce = self.k.dispatch(
+            self.gpu,
+            "conv2d_backward_kernel_reduce",
+            &u,
+            &[("grads", grads.params), ("partial_sums", &part)],
+            g.kernel_len(),
+        )?;
         Ok(main.then(reduce).keeping(part))
     }
 
@@ -369,7 +260,7 @@ impl Ops<'_> {
         let u = ConvUniform::new(g, w, relu);
         Ok(self
             .k
-            .dispatch(self.gpu, "conv2d_transpose_forward", bytes_of(&u), &[(1, x), (2, w.params), (3, y)], g.out_len())?
+            .dispatch(self.gpu, "conv2d_transpose_forward", &u, &[("x", x), ("params", w.params), ("y", y)], g.out_len())?
             .with_flops(2.0 * g.macs(true) as f64))
     }
     pub fn conv2d_transpose_backward_input(&self, g: &ConvGeom, dy: &wgpu::Buffer, w: Weights<'_>, dx: &wgpu::Buffer) -> Result<Dispatch> {
@@ -379,7 +270,7 @@ impl Ops<'_> {
         let u = ConvUniform::new(g, w, false);
         Ok(self
             .k
-            .dispatch(self.gpu, "conv2d_transpose_backward_input", bytes_of(&u), &[(2, w.params), (4, dy), (5, dx)], g.in_len())?
+            .dispatch(self.gpu, "conv2d_transpose_backward_input", &u, &[("params", w.params), ("dy", dy), ("dx", dx)], g.in_len())?
             .with_flops(2.0 * g.macs(true) as f64))
     }
     pub fn conv2d_transpose_backward_kernel(
@@ -407,7 +298,7 @@ impl Ops<'_> {
             w_off: u(w.w_off),
             b_off: u(w.b_off),
             relu: relu as u32,
-            _pad: [0; 2],
+            ..Default::default()
         }
     }
     pub fn dense_forward(
@@ -428,7 +319,7 @@ impl Ops<'_> {
         let u = Self::dense_uniform(batch, inputs, outputs, w, relu);
         Ok(self
             .k
-            .dispatch(self.gpu, "dense_forward", bytes_of(&u), &[(1, x), (2, w.params), (3, y)], batch * outputs)?
+            .dispatch(self.gpu, "dense_forward", &u, &[("x", x), ("params", w.params), ("y", y)], batch * outputs)?
             .with_flops(2.0 * (batch * inputs * outputs) as f64))
     }
     pub fn dense_backward_input(
@@ -448,7 +339,7 @@ impl Ops<'_> {
         let u = Self::dense_uniform(batch, inputs, outputs, w, false);
         Ok(self
             .k
-            .dispatch(self.gpu, "dense_backward_input", bytes_of(&u), &[(2, w.params), (4, dy), (5, dx)], batch * inputs)?
+            .dispatch(self.gpu, "dense_backward_input", &u, &[("params", w.params), ("dy", dy), ("dx", dx)], batch * inputs)?
             .with_flops(2.0 * (batch * inputs * outputs) as f64))
     }
     pub fn dense_backward_kernel(
@@ -468,30 +359,29 @@ impl Ops<'_> {
         let u = Self::dense_uniform(batch, inputs, outputs, grads, false);
         Ok(self
             .k
-            .dispatch(self.gpu, "dense_backward_kernel", bytes_of(&u), &[(1, x), (4, dy), (6, grads.params)], inputs * outputs)?
+            .dispatch(self.gpu, "dense_backward_kernel", &u, &[("x", x), ("dy", dy), ("grads", grads.params)], inputs * outputs)?
             .with_flops(2.0 * (batch * inputs * outputs) as f64))
     }
 
     /// In place on `dy`: zero where the layer output `y` is not positive.
     pub fn relu_backward(&self, n: usize, y: &wgpu::Buffer, dy: &wgpu::Buffer) -> Result<Dispatch> {
-        let u = ActUniform { rows: u(n), channels: 1, b_off: 0, _pad: 0 };
-        self.k.dispatch(self.gpu, "relu_backward", bytes_of(&u), &[(1, y), (2, dy)], n)
+        let u = ActUniform { rows: u(n), channels: 1, ..Default::default() };
+        self.k.dispatch(self.gpu, "relu_backward", &u, &[("y", y), ("dy", dy)], n)
     }
     /// grads[b_off + c] = sum over rows of dy[row, c]; one workgroup per channel.
     pub fn bias_backward(&self, rows: usize, channels: usize, dy: &wgpu::Buffer, grads: &wgpu::Buffer, b_off: usize) -> Result<Dispatch> {
-        let u = ActUniform { rows: u(rows), channels: u(channels), b_off: u(b_off), _pad: 0 };
-        self.k.dispatch_groups(self.gpu, "bias_backward", bytes_of(&u), &[(3, dy), (4, grads)], channels)
+        let u = ActUniform { rows: u(rows), channels: u(channels), b_off: u(b_off), ..Default::default() };
+        self.k.dispatch_groups(self.gpu, "bias_backward", &u, &[("dy", dy), ("grads", grads)], channels)
     }
 
     fn loss_uniform(batch: usize, pixels: usize, recon_scale: f32) -> LossUniform {
         LossUniform {
             batch: u(batch),
             pixels: u(pixels),
-            _pad: [0; 2],
             grad_scale: recon_scale / batch as f32,
             recon_scale,
             inv_batch: 1.0 / batch as f32,
-            _pad2: 0.0,
+            ..Default::default()
         }
     }
     /// One workgroup per example.
@@ -504,7 +394,13 @@ impl Ops<'_> {
         ce: &wgpu::Buffer,
     ) -> Result<Dispatch> {
         let u = Self::loss_uniform(batch, pixels, 1.0);
-        self.k.dispatch_groups(self.gpu, "sigmoid_cross_entropy_forward", bytes_of(&u), &[(1, logits), (2, targets), (3, ce)], batch)
+        self.k.dispatch_groups(
+            self.gpu,
+            "sigmoid_cross_entropy_forward",
+            &u,
+            &[("logits", logits), ("targets", targets), ("ce", ce)],
+            batch,
+        )
     }
     /// dlogits = recon_scale / batch * (sigmoid(logits) - targets).
     pub fn sigmoid_cross_entropy_backward(
@@ -520,8 +416,8 @@ impl Ops<'_> {
         self.k.dispatch(
             self.gpu,
             "sigmoid_cross_entropy_backward",
-            bytes_of(&u),
-            &[(1, logits), (2, targets), (4, dlogits)],
+            &u,
+            &[("logits", logits), ("targets", targets), ("dlogits", dlogits)],
             batch * pixels,
         )
     }
@@ -536,15 +432,15 @@ impl Ops<'_> {
         step: &wgpu::Buffer,
     ) -> Result<Dispatch> {
         let u = Self::loss_uniform(batch, 1, recon_scale);
-        self.k.dispatch_groups(self.gpu, "loss_reduce", bytes_of(&u), &[(5, kl), (6, losses), (7, step), (8, ce)], 1)
+        self.k.dispatch_groups(self.gpu, "loss_reduce", &u, &[("ce", ce), ("kl", kl), ("losses", losses), ("step", step)], 1)
     }
 
     fn kl_uniform(batch: usize, latent: usize, scale: f32, kl_scale: f32) -> KlUniform {
-        KlUniform { batch: u(batch), latent: u(latent), _pad: [0; 2], scale, kl_scale, _pad2: [0.0; 2] }
+        KlUniform { batch: u(batch), latent: u(latent), scale, kl_scale, ..Default::default() }
     }
     pub fn kl_mc_forward(&self, batch: usize, latent: usize, enc: &wgpu::Buffer, z: &wgpu::Buffer, kl: &wgpu::Buffer) -> Result<Dispatch> {
         let u = Self::kl_uniform(batch, latent, 0.0, 0.0);
-        self.k.dispatch(self.gpu, "kl_mc_forward", bytes_of(&u), &[(1, enc), (2, z), (5, kl)], batch)
+        self.k.dispatch(self.gpu, "kl_mc_forward", &u, &[("enc", enc), ("z", z), ("kl", kl)], batch)
     }
     #[allow(clippy::too_many_arguments)]
     pub fn kl_mc_backward(
@@ -559,7 +455,7 @@ impl Ops<'_> {
         denc: &wgpu::Buffer,
     ) -> Result<Dispatch> {
         let u = Self::kl_uniform(batch, latent, scale, 0.0);
-        self.k.dispatch(self.gpu, "kl_mc_backward", bytes_of(&u), &[(1, enc), (2, z), (3, eps), (4, dz), (6, denc)], batch * latent)
+        self.k.dispatch(self.gpu, "kl_mc_backward", &u, &[("enc", enc), ("z", z), ("eps", eps), ("dz", dz), ("denc", denc)], batch * latent)
     }
     pub fn kl_analytic_forward(
         &self,
@@ -570,7 +466,7 @@ impl Ops<'_> {
         kl: &wgpu::Buffer,
     ) -> Result<Dispatch> {
         let u = Self::kl_uniform(batch, latent, 0.0, kl_scale);
-        self.k.dispatch(self.gpu, "kl_analytic_forward", bytes_of(&u), &[(1, enc), (5, kl)], batch)
+        self.k.dispatch(self.gpu, "kl_analytic_forward", &u, &[("enc", enc), ("kl", kl)], batch)
     }
     #[allow(clippy::too_many_arguments)]
     pub fn kl_analytic_backward(
@@ -585,7 +481,7 @@ impl Ops<'_> {
         denc: &wgpu::Buffer,
     ) -> Result<Dispatch> {
         let u = Self::kl_uniform(batch, latent, scale, kl_scale);
-        self.k.dispatch(self.gpu, "kl_analytic_backward", bytes_of(&u), &[(1, enc), (3, eps), (4, dz), (6, denc)], batch * latent)
+        self.k.dispatch(self.gpu, "kl_analytic_backward", &u, &[("enc", enc), ("eps", eps), ("dz", dz), ("denc", denc)], batch * latent)
     }
 
     /// z and eps for step `step.step` of the stream with key `key` (see `Rng::key`).
@@ -600,7 +496,7 @@ impl Ops<'_> {
         eps: &wgpu::Buffer,
     ) -> Result<Dispatch> {
         let u = ReparamUniform { batch: u(batch), latent: u(latent), key0: key[0], key1: key[1] };
-        self.k.dispatch(self.gpu, "reparameterize", bytes_of(&u), &[(1, enc), (2, z), (3, eps), (4, step)], batch * latent)
+        self.k.dispatch(self.gpu, "reparameterize", &u, &[("enc", enc), ("z", z), ("eps", eps), ("step", step)], batch * latent)
     }
     /// The raw RNG stream (bits as 4 x u32 and normals) of indices 0..n, for tests.
     pub fn rng_stream(
@@ -612,7 +508,7 @@ impl Ops<'_> {
         normals: &wgpu::Buffer,
     ) -> Result<Dispatch> {
         let u = ReparamUniform { batch: u(n), latent: 1, key0: key[0], key1: key[1] };
-        self.k.dispatch(self.gpu, "rng_stream", bytes_of(&u), &[(3, normals), (4, step), (5, bits)], n)
+        self.k.dispatch(self.gpu, "rng_stream", &u, &[("eps", normals), ("bits", bits), ("step", step)], n)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -628,8 +524,8 @@ impl Ops<'_> {
         v: &wgpu::Buffer,
         step: &wgpu::Buffer,
     ) -> Result<Dispatch> {
-        let u = OptimUniform { n: u(n), _pad: [0; 3], lr: 0.0, beta1, beta2, eps };
-        self.k.dispatch(self.gpu, "adam_update", bytes_of(&u), &[(1, params), (2, grads), (3, m), (4, v), (5, step)], n)
+        let u = OptimUniform { n: u(n), lr: 0.0, beta1, beta2, eps, ..Default::default() };
+        self.k.dispatch(self.gpu, "adam_update", &u, &[("params", params), ("grads", grads), ("m", m), ("v", v), ("step", step)], n)
     }
     #[allow(clippy::too_many_arguments)]
     pub fn rmsprop_update(
@@ -642,8 +538,8 @@ impl Ops<'_> {
         grads: &wgpu::Buffer,
         v: &wgpu::Buffer,
     ) -> Result<Dispatch> {
-        let u = OptimUniform { n: u(n), _pad: [0; 3], lr, beta1: 0.0, beta2: rho, eps };
-        self.k.dispatch(self.gpu, "rmsprop_update", bytes_of(&u), &[(1, params), (2, grads), (4, v)], n)
+        let u = OptimUniform { n: u(n), lr, beta1: 0.0, beta2: rho, eps, ..Default::default() };
+        self.k.dispatch(self.gpu, "rmsprop_update", &u, &[("params", params), ("grads", grads), ("v", v)], n)
     }
 
     /// x = the preprocessed images order[step.batch_start ..][..batch] of the packed byte set.
@@ -658,7 +554,7 @@ impl Ops<'_> {
         step: &wgpu::Buffer,
         x: &wgpu::Buffer,
     ) -> Result<Dispatch> {
-        let u = GatherUniform { batch: u(batch), pixels: u(pixels), binarize: binarize as u32, _pad: 0 };
-        self.k.dispatch(self.gpu, "gather_images", bytes_of(&u), &[(1, images), (2, order), (3, x), (4, step)], batch * pixels)
+        let u = GatherUniform { batch: u(batch), pixels: u(pixels), binarize: binarize as u32, ..Default::default() };
+        self.k.dispatch(self.gpu, "gather_images", &u, &[("images", images), ("order", order), ("x", x), ("step", step)], batch * pixels)
     }
 }
