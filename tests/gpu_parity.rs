@@ -579,3 +579,22 @@ fn every_entry_point_has_a_pipeline() {
     assert!(names.len() >= 20);
     let _ = KlKind::Mc;
 }
+
+/// Buffers are bound by the names the shader gives them: a name the entry point does
+/// not bind, a binding left unnamed, or a uniform of another struct is an error that
+/// names the entry point, not a silently swapped buffer.
+#[test]
+fn bindings_are_checked_by_name() {
+    let c = ctx();
+    let b = c.gpu.zeros("b", 64);
+    let u = cvae::gpu::uniforms::ActUniform { rows: 4, channels: 1, ..Default::default() };
+    let ok = c.kernels.dispatch(&c.gpu, "relu_backward", &u, &[("y", &b), ("dy", &b)], 4);
+    assert!(ok.is_ok(), "{:#}", ok.err().unwrap());
+    let e = c.kernels.dispatch(&c.gpu, "relu_backward", &u, &[("y", &b), ("dx", &b)], 4).err().expect("unknown name");
+    assert!(format!("{e:#}").contains("relu_backward") && format!("{e:#}").contains("no buffer named dx"), "{e:#}");
+    let e = c.kernels.dispatch(&c.gpu, "relu_backward", &u, &[("y", &b)], 4).err().expect("missing name");
+    assert!(format!("{e:#}").contains("needs a buffer named dy"), "{e:#}");
+    let wrong = cvae::gpu::uniforms::DenseUniform::default();
+    let e = c.kernels.dispatch(&c.gpu, "relu_backward", &wrong, &[("y", &b), ("dy", &b)], 4).err().expect("wrong uniform");
+    assert!(format!("{e:#}").contains("takes a uniform Act, not Dense"), "{e:#}");
+}

@@ -44,3 +44,45 @@ fn every_shader_translates_to_every_backend() {
     }
     assert!(entry_points >= 20, "only {entry_points} entry points found");
 }
+
+/// Every uniform struct a shader binds has a twin in `src/gpu/uniforms.rs` with the
+/// same member names, offsets and size as naga lays them out; every Rust twin is bound
+/// somewhere. A field added on one side only, or reordered, fails here.
+#[test]
+fn uniform_structs_match_their_wgsl_twins() {
+    let layouts = cvae::gpu::uniforms::layouts();
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, _) in SHADER_FILES {
+        let (module, _) = naga_module(name).unwrap_or_else(|e| panic!("{e:#}"));
+        for (_, var) in module.global_variables.iter().filter(|(_, v)| v.space == naga::AddressSpace::Uniform) {
+            let ty = &module.types[var.ty];
+            let tname = ty.name.clone().unwrap_or_default();
+            let naga::TypeInner::Struct { members, span } = &ty.inner else {
+                panic!("shaders/{name}.wgsl: uniform {tname} is not a struct")
+            };
+            let rust = layouts
+                .iter()
+                .find(|l| l.wgsl == tname)
+                .unwrap_or_else(|| panic!("shaders/{name}.wgsl binds uniform struct {tname}, which has no twin in src/gpu/uniforms.rs"));
+            let wgsl: Vec<(String, usize)> = members.iter().map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize)).collect();
+            let rs: Vec<(String, usize)> = rust.fields.iter().map(|&(n, o)| (n.to_string(), o)).collect();
+            assert_eq!(rs, wgsl, "struct {tname}: Rust fields (left) and naga's members of shaders/{name}.wgsl (right) differ");
+            assert_eq!(rust.size, *span as usize, "struct {tname}: Rust size vs WGSL size in shaders/{name}.wgsl");
+            seen.insert(tname);
+        }
+    }
+    for l in &layouts {
+        assert!(seen.contains(l.wgsl), "uniform struct {} of src/gpu/uniforms.rs is bound by no shader", l.wgsl);
+    }
+}
+
+/// The 1-D kernels take their workgroup size from `WG`, which src/gpu/kernels.rs defines.
+#[test]
+fn workgroup_sizes_come_from_one_place() {
+    for (name, _) in SHADER_FILES {
+        let (module, _) = naga_module(name).unwrap_or_else(|e| panic!("{e:#}"));
+        for ep in &module.entry_points {
+            assert_eq!(ep.workgroup_size, [cvae::gpu::kernels::WORKGROUP, 1, 1], "{} in shaders/{name}.wgsl", ep.name);
+        }
+    }
+}

@@ -13,7 +13,7 @@ use cvae::cpu::vae::OptState;
 use cvae::data::Dataset;
 use cvae::gpu::kernels::Kernels;
 use cvae::gpu::ops::Variant;
-use cvae::gpu::trainer::Trainer;
+use cvae::gpu::trainer::{Trainer, TrainerSpec};
 use cvae::gpu::{device, AdapterChoice, Gpu};
 use cvae::model::{Model, Optimizer, Preset};
 use cvae::rng::{Rng, Stream};
@@ -50,7 +50,19 @@ fn step_parity(preset: Preset, batch: usize) {
     train.truncate(3 * batch);
     test.truncate(batch);
     let init = model.init_params(seed);
-    let mut trainer = Trainer::new(&gpu, &kernels, &model, opt, batch, seed, true, &train, &test, &init, &[], Variant::Auto).unwrap();
+    let spec = TrainerSpec {
+        model: &model,
+        optimizer: opt,
+        batch,
+        seed,
+        binarize: true,
+        train: &train,
+        test: &test,
+        params: &init,
+        fixed_z: &[],
+        variant: Variant::Auto,
+    };
+    let mut trainer = Trainer::new(&gpu, &kernels, spec).unwrap();
 
     let rng = Rng::new(seed);
     let mut params = init.clone();
@@ -197,9 +209,19 @@ fn a_lost_device_is_an_error_not_a_panic() {
     train.truncate(32);
     test.truncate(16);
     let init = model.init_params(1);
-    let mut t =
-        Trainer::new(&gpu, &kernels, &model, Preset::TfCvae.default_optimizer(), 16, 1, true, &train, &test, &init, &[], Variant::Auto)
-            .unwrap();
+    let spec = TrainerSpec {
+        model: &model,
+        optimizer: Preset::TfCvae.default_optimizer(),
+        batch: 16,
+        seed: 1,
+        binarize: true,
+        train: &train,
+        test: &test,
+        params: &init,
+        fixed_z: &[],
+        variant: Variant::Auto,
+    };
+    let mut t = Trainer::new(&gpu, &kernels, spec).unwrap();
     t.begin_epoch(1);
     t.train_step(0).unwrap();
     gpu.device.destroy();
