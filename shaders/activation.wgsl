@@ -6,36 +6,64 @@ struct Act {
 }
 
 @group(0) @binding(0) var<uniform> p: Act;
-@group(0) @binding(1) var<storage, read> y: array<f32>;
+// vec4 views (buffers are padded to 16 bytes): storage loads, not arithmetic, bound
+// these kernels on lavapipe, so each load brings 4 values.
+@group(0) @binding(1) var<storage, read> y4: array<vec4<f32>>;
 // In place for relu_backward; only read by bias_backward.
-@group(0) @binding(2) var<storage, read_write> dy: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dy4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> grads: array<f32>;
 
-// Bindings: p, y, dy. Grid: one invocation per element.
-// One invocation, in place: dy where the layer's output y > 0, else 0.
+var<workgroup> partial4: array<vec4<f32>, WG>;
+
+// Bindings: p, y4, dy4. Grid: one invocation per 4 elements.
+// One invocation, in place: dy where the layer's output y > 0, else 0, for elements
+// 4 i .. 4 i + 4 (those past rows * channels are left as they are).
 @compute @workgroup_size(WG)
 fn relu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let idx = linear_id(wid, nwg, lid);
-    if idx >= p.rows * p.channels { return; }
-    dy[idx] = select(0.0, dy[idx], y[idx] > 0.0);
+    let i = linear_id(wid, nwg, lid);
+    let n = p.rows * p.channels;
+    if 4u * i >= n { return; }
+    let live = vec4<u32>(4u * i) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n);
+    let d = dy4[i];
+    dy4[i] = select(d, select(vec4<f32>(0.0), d, y4[i] > vec4<f32>(0.0)), live);
 }
 
-// Bindings: p, dy, grads. Grid: one workgroup per channel.
+// Bindings: p, dy4, grads. Grid: one workgroup per 4 channels (channels % 4 == 0), else
+// one per channel.
 // One workgroup: grads[b_off + c] = sum over rows of dy[row, c]. Each invocation sums
-// a strided share of the rows and tree_sum (prelude.wgsl) adds the WG partial sums,
-// so the order is deterministic and no invocation loops more than rows / WG times
-// (llvmpipe stops looping after 65535 iterations per invocation).
+// a strided share of the rows (4 channels from one vec4 load, or one from a scalar)
+// and a fixed tree adds the WG partial sums: the same order for every channel either
+// way, so the same bits. No invocation loops more than rows / WG times (llvmpipe stops
+// looping after 65535 iterations per invocation).
 @compute @workgroup_size(WG)
 fn bias_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let c = wid.y * nwg.x + wid.x;
+    let g = wid.y * nwg.x + wid.x;
     let t = lid.x;
-    var acc = 0.0;
-    if c < p.channels {
+    let wide = p.channels % 4u == 0u;
+    let c0 = select(g, 4u * g, wide);
+    var acc = vec4<f32>(0.0);
+    if c0 < p.channels {
         for (var r = t; r < p.rows; r += WG) {
-            acc += dy[r * p.channels + c];
+            let i = r * p.channels + c0;
+            if wide {
+                acc += dy4[i / 4u];
+            } else {
+                acc.x += dy4[i / 4u][i % 4u];
+            }
         }
     }
-    partial[t] = acc;
-    tree_sum(t);
-    if t == 0u && c < p.channels { grads[p.b_off + c] = partial[0]; }
+    partial4[t] = acc;
+    for (var width = WG / 2u; width > 0u; width = width / 2u) {
+        workgroupBarrier();
+        if t < width { partial4[t] += partial4[t + width]; }
+    }
+    if t == 0u && c0 < p.channels {
+        let s = partial4[0];
+        grads[p.b_off + c0] = s.x;
+        if wide {
+            grads[p.b_off + c0 + 1u] = s.y;
+            grads[p.b_off + c0 + 2u] = s.z;
+            grads[p.b_off + c0 + 3u] = s.w;
+        }
+    }
 }

@@ -26,7 +26,10 @@ struct Conv {
     // Blocked kernels: add the bias (1) or not (0).
     bias: u32,
     // Split kernel gradients: images per slice of the batch, and the slice count.
-    slice_images: u32, slices: u32, _p0: u32, _p1: u32,
+    slice_images: u32, slices: u32,
+    // Input-gradient kernels by phase (subgroup.wgsl, tiled.wgsl): the residues mod
+    // stride of the fine-side rows and columns this dispatch computes.
+    phase_y: u32, phase_x: u32, _p0: u32, _p1: u32, _p2: u32, _p3: u32,
 }
 
 // The invocation's index in a 1-D grid of WG-wide workgroups. Grids are 2-D when

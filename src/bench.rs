@@ -7,10 +7,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use crate::data::{Dataset, Split};
-use crate::gpu::kernels::{profile, Dispatch, Kernels};
+use crate::gpu::kernels::{profile_checked, Dispatch, Kernels};
 use crate::gpu::ops::{Ops, Variant, Weights};
+use crate::gpu::plan::{self, Plan, SiteTiming};
 use crate::gpu::runner::Runner;
-use crate::gpu::trainer::{KernelTime, Trainer, TrainerSpec};
+use crate::gpu::trainer::{check_limits, KernelTime, Trainer, TrainerSpec};
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::model::{Layer, Model, Preset};
 
@@ -85,12 +86,32 @@ pub struct Report {
     pub step_gflops: f64,
     pub ceiling_gflops: Option<f64>,
     pub fraction_of_ceiling: Option<f64>,
+    /// The family whose 1024^3 GEMM set the ceiling.
+    pub ceiling_variant: Option<String>,
     pub kernels: Vec<KernelRow>,
+    /// How the kernels were chosen: forced, cached or measured.
+    pub kernel_source: String,
+    /// How the per-kernel times were taken.
+    pub kernel_timing: String,
+    /// The family of every op of every layer.
+    pub plan: Plan,
+    /// The measurements behind the choice (milliseconds per family per op).
+    pub choice: Vec<SiteTiming>,
 }
 
-/// GFLOP/s of the best matrix-multiply kernel on a 1024^3 problem: the adapter's ceiling as this program sees it.
-pub fn ceiling(gpu: &Gpu, kernels: &Kernels, variant: Variant) -> Result<Option<f64>> {
-    ceiling_at(gpu, kernels, variant, 1024)
+/// GFLOP/s of the best matrix multiply over every family this adapter offers (the
+/// subgroup one included), on a 1024^3 problem, and which family it was. None without
+/// timestamp queries.
+pub fn ceiling(gpu: &Gpu, kernels: &Kernels) -> Result<Option<(f64, Variant)>> {
+    let mut best: Option<(f64, Variant)> = None;
+    for v in plan::offered(gpu).into_iter().filter(|v| *v != Variant::Portable) {
+        match ceiling_at(gpu, kernels, v, 1024)? {
+            Some(g) if best.is_none_or(|(b, _)| g > b) => best = Some((g, v)),
+            Some(_) => {}
+            None => return Ok(None),
+        }
+    }
+    Ok(best)
 }
 
 /// GFLOP/s of dense_forward on an n x n x n problem.
@@ -102,10 +123,7 @@ pub fn ceiling_at(gpu: &Gpu, kernels: &Kernels, variant: Variant, n: usize) -> R
     let d = ops.dense_forward(n, n, n, &x, Weights { params: &w, w_off: 0, b_off: n * n }, false, &y)?;
     let mut best = f64::INFINITY;
     for _ in 0..3 {
-        match profile(gpu, kernels, std::slice::from_ref(&d))? {
-            Some(t) => best = best.min(t[0]),
-            None => return Ok(None),
-        }
+        best = best.min(profile_checked(gpu, kernels, std::slice::from_ref(&d))?.0[0]);
     }
     Ok(Some(2.0 * (n * n * n) as f64 / best))
 }
@@ -136,6 +154,9 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
     train.truncate(need);
     test.truncate((batch * a.steps).min(test.len()));
     let init = model.init_params(0);
+    check_limits(&gpu, &model, batch, &train)?;
+    // As a training run does: the cached choice, or a measurement now (in the first step's time).
+    let choice = plan::choose(&gpu, &kernels, &model, batch, a.variant, None, a.json)?;
     let spec = TrainerSpec {
         model: &model,
         optimizer: a.preset.default_optimizer(),
@@ -146,7 +167,7 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
         test: &test,
         params: &init,
         fixed_z: &[],
-        variant: a.variant,
+        plan: choice.plan.clone(),
     };
     let mut trainer = Trainer::new(&gpu, &kernels, spec)?;
     trainer.begin_epoch(1);
@@ -158,14 +179,32 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
     trainer.train_step(2)?;
     trainer.finish()?;
     let timing = time_training(&mut trainer, batch, a.steps, a.reps)?;
-    let eval = time_evaluation(&gpu, &kernels, &model, &init, &test, batch, a)?;
+    let eval = time_evaluation(&gpu, &kernels, &model, &init, &test, batch, &choice.plan, a.reps)?;
     let prof = trainer.profile_train_step(0)?;
     let step_flops = trainer.train_dispatch_flops();
+    let measured = Measured { first_step_seconds, timing, eval, prof, step_flops };
+    Ok(Some(report(&gpu, &kernels, a, batch, choice, measured)?))
+}
+
+/// What `run` measured, for the report.
+struct Measured {
+    first_step_seconds: f64,
+    timing: Timing,
+    eval: Vec<f64>,
+    prof: (Vec<KernelTime>, &'static str),
+    step_flops: f64,
+}
+
+fn report(gpu: &Gpu, kernels: &Kernels, a: &BenchArgs, batch: usize, choice: plan::Choice, m: Measured) -> Result<Report> {
+    let Measured { first_step_seconds, timing, eval, prof, step_flops } = m;
     let train_ms = Spread::of(timing.ms);
     let step_gflops = step_flops / (train_ms.median * 1e6);
-    let ceiling = ceiling(&gpu, &kernels, a.variant)?;
-    let (rows, device_ms) = kernel_rows(prof.as_deref());
-    Ok(Some(Report {
+    let (ceiling, ceiling_variant) = match ceiling(gpu, kernels)? {
+        Some((g, v)) => (Some(g), Some(v.name().to_string())),
+        None => (None, None),
+    };
+    let (rows, device_ms) = kernel_rows(Some(&prof.0));
+    Ok(Report {
         adapter: gpu.name(),
         preset: a.preset.name().into(),
         batch,
@@ -184,8 +223,13 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
         step_gflops,
         ceiling_gflops: ceiling,
         fraction_of_ceiling: ceiling.map(|c| step_gflops / c),
+        ceiling_variant,
         kernels: rows,
-    }))
+        kernel_source: format!("{:?}", choice.source).to_lowercase(),
+        kernel_timing: prof.1.to_string(),
+        choice: choice.tuned.map(|t| t.timings).unwrap_or_default(),
+        plan: choice.plan,
+    })
 }
 
 /// Per repetition: images/s, ms per step, host ms per step and ms inside submit.
@@ -226,6 +270,7 @@ fn time_training(trainer: &mut Trainer<'_>, batch: usize, steps: usize, reps: us
 
 /// Images/s of the forward pass with its loss terms over the test images, through
 /// the `Runner` that `cvae eval` uses, once per repetition.
+#[allow(clippy::too_many_arguments)]
 fn time_evaluation(
     gpu: &Gpu,
     kernels: &Kernels,
@@ -233,13 +278,14 @@ fn time_evaluation(
     params: &[f32],
     test: &Split,
     batch: usize,
-    a: &BenchArgs,
+    plan: &Plan,
+    reps: usize,
 ) -> Result<Vec<f64>> {
-    let mut runner = Runner::new(gpu, kernels, model, params, batch, a.variant)?;
+    let mut runner = Runner::new(gpu, kernels, model, params, batch, plan.clone())?;
     let x = test.to_f32(true);
     let rng = crate::rng::Rng::new(0);
     let mut eval = Vec::new();
-    for r in 0..a.reps {
+    for r in 0..reps {
         let t0 = Instant::now();
         for chunk in x.chunks(batch * model.image.len()) {
             runner.sample_terms(chunk, &rng, r as u32)?;
@@ -303,18 +349,17 @@ pub fn print(r: &Report) {
     println!("device memory allocated by cvae: {:.1} MiB", r.allocated_mib);
     match (r.ceiling_gflops, r.fraction_of_ceiling) {
         (Some(c), Some(f)) => println!(
-            "step: {:.2} GFLOP at {:.2} GFLOP/s = {:.0}% of the ceiling ({:.2} GFLOP/s: best matmul kernel, 1024^3)",
+            "step: {:.2} GFLOP at {:.2} GFLOP/s = {:.0}% of the ceiling ({:.2} GFLOP/s: the best 1024^3 matmul over all families, {})",
             r.step_gflop,
             r.step_gflops,
             100.0 * f,
-            c
+            c,
+            r.ceiling_variant.as_deref().unwrap_or("?")
         ),
         _ => println!("step: {:.2} GFLOP at {:.2} GFLOP/s (no ceiling without TIMESTAMP_QUERY)", r.step_gflop, r.step_gflops),
     }
-    if r.kernels.is_empty() {
-        println!("(no per-kernel table: the adapter lacks TIMESTAMP_QUERY)");
-        return;
-    }
+    print_choice(r);
+    println!("\nper-kernel times of one step, by {}:", r.kernel_timing);
     println!("\n{:<34} {:<28} {:>5} {:>9} {:>9} {:>8} {:>7}", "entry point", "layer", "calls", "ms/step", "GFLOP/s", "of ceil", "share");
     for k in &r.kernels {
         let g = k.gflops.map(|g| format!("{g:.2}")).unwrap_or_else(|| "-".into());
@@ -326,6 +371,34 @@ pub fn print(r: &Report) {
     }
 }
 
+/// The family chosen for every op of every layer, with every family's time.
+fn print_choice(r: &Report) {
+    println!("\nkernels {} ({}):", r.kernel_source, r.plan.summary());
+    if r.choice.is_empty() {
+        return;
+    }
+    let families = [Variant::Subgroup, Variant::Blocked, Variant::Tiled, Variant::Portable];
+    print!("{:<44} {:<9}", "layer op", "chosen");
+    for f in families {
+        print!(" {:>12}", format!("{} ms", f.name()));
+    }
+    println!();
+    for t in &r.choice {
+        let (layer, op) = t.site.rsplit_once(' ').unwrap_or((&t.site, ""));
+        let chosen = r.plan.variant(layer, plan::Op::from_name(op));
+        print!("{:<44} {:<9}", t.site, chosen.name());
+        for f in families {
+            let cell = match (t.ms.get(&f), t.rejected.iter().any(|(v, _)| *v == f)) {
+                (_, true) => "wrong".to_string(),
+                (Some(ms), _) => format!("{ms:.2}"),
+                (None, _) => "-".to_string(),
+            };
+            print!(" {cell:>12}");
+        }
+        println!();
+    }
+}
+
 /// Run one kernel's variants on one layer's shape: check each against the CPU
 /// reference, then time it (median of 5 with timestamp queries).
 fn sandbox(gpu: &Gpu, kernels: &Kernels, model: &Model, batch: usize, entry: &str, layer: Option<&str>) -> Result<()> {
@@ -334,7 +407,7 @@ fn sandbox(gpu: &Gpu, kernels: &Kernels, model: &Model, batch: usize, entry: &st
     let layers = if net == "encoder" { &model.encoder } else { &model.decoder };
     let l = layers.iter().find(|l| l.name == lname).ok_or_else(|| anyhow!("no layer {name}; layers: {}", layer_names(model).join(", ")))?;
     println!("{entry} on {name} at batch {batch}");
-    for variant in [Variant::Portable, Variant::Blocked] {
+    for variant in plan::offered(gpu) {
         let o = Ops { gpu, k: kernels, variant };
         let case = match l.layer {
             Layer::Conv2D { .. } | Layer::Conv2DTranspose { .. } => conv_case(o, l, batch, entry)?,
@@ -458,7 +531,7 @@ fn check_and_time(gpu: &Gpu, kernels: &Kernels, variant: Variant, case: &Case) -
     let d = &case.dispatch;
     let mut times = Vec::new();
     for _ in 0..5 {
-        times.push(profile(gpu, kernels, std::slice::from_ref(d))?.ok_or_else(|| anyhow!("the adapter lacks TIMESTAMP_QUERY"))?[0]);
+        times.push(profile_checked(gpu, kernels, std::slice::from_ref(d))?.0[0]);
     }
     let mut got: Vec<f32> = gpu.read(&case.out)?;
     got.truncate(case.want.len());

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use crate::gpu::plan::Plan;
 use crate::model::{KlKind, Model, Optimizer, Preset};
 
 /// Everything that defines a run; saved as `config.json` and in every checkpoint.
@@ -24,6 +25,11 @@ pub struct TrainConfig {
     pub test_size: usize,
     /// `--data-dir`, or None for the built-in MNIST.
     pub data_dir: Option<PathBuf>,
+    /// The kernel family of every op of every layer, chosen when the run started
+    /// (`gpu::plan`); a resumed run keeps it. Empty in runs made before plans existed,
+    /// which used blocked kernels where they fit (`Variant::Auto`).
+    #[serde(default)]
+    pub kernels: Plan,
 }
 
 impl TrainConfig {

@@ -11,7 +11,6 @@ use serde::Serialize;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{Dataset, Split};
 use crate::gpu::kernels::Kernels;
-use crate::gpu::ops::Variant;
 use crate::gpu::runner::Runner;
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::images;
@@ -42,7 +41,7 @@ impl Session {
 
     /// The checkpoint's parameters on the GPU, for inference on up to `cap` images at once.
     pub fn runner(&self, cap: usize) -> Result<Runner<'_>> {
-        Runner::new(&self.gpu, &self.kernels, &self.model, &self.ck.params, cap, Variant::Auto)
+        Runner::new(&self.gpu, &self.kernels, &self.model, &self.ck.params, cap, self.ck.config.kernels.clone())
     }
 
     /// The test split of the run's data set (or `data_dir`), its first `limit` images.

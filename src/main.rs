@@ -121,6 +121,10 @@ struct TrainArgs {
     /// Write into a folder that already holds a run, replacing it.
     #[arg(long)]
     force: bool,
+    /// Kernel family for every layer; auto times each family on each layer once per
+    /// adapter and keeps the fastest (cached in the user's cache folder).
+    #[arg(long, value_enum, default_value_t = Variant::Auto)]
+    variant: Variant,
     /// No progress bar and no per-epoch lines.
     #[arg(long, short)]
     quiet: bool,
@@ -150,7 +154,7 @@ struct BenchCli {
     /// The layer for --kernel, e.g. decoder.conv2d_transpose_1.
     #[arg(long)]
     layer: Option<String>,
-    /// Which kernels to run.
+    /// Kernel family for every layer; auto uses the per-layer choice by measurement.
     #[arg(long, value_enum, default_value_t = Variant::Auto)]
     variant: Variant,
 }
@@ -381,6 +385,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         train_size: a.train_size.unwrap_or(usize::MAX),
         test_size: a.test_size.unwrap_or(usize::MAX),
         data_dir: a.data_dir,
+        kernels: Default::default(),
     };
     let resume = a.resume.is_some();
     let out = a.resume.or(a.out).unwrap_or_else(train::default_out_dir);
@@ -401,6 +406,8 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         force: a.force,
         resume_lr: a.lr.filter(|_| resume),
         interrupt: Some(flag),
+        variant: a.variant,
+        kernel_cache: None,
     };
     match train::run(config, &opts) {
         Ok(_) => Ok(ExitCode::SUCCESS),

@@ -16,7 +16,8 @@ pub use crate::config::TrainConfig;
 use crate::data::Dataset;
 use crate::gpu::kernels::Kernels;
 use crate::gpu::ops::Variant;
-use crate::gpu::trainer::{batch_weighted_mean, Trainer, TrainerSpec};
+use crate::gpu::plan;
+use crate::gpu::trainer::{batch_weighted_mean, check_limits, Trainer, TrainerSpec};
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::images;
 use crate::model::Model;
@@ -39,6 +40,11 @@ pub struct RunOptions {
     pub resume_lr: Option<f32>,
     /// Set (by a Ctrl-C handler) to stop after the batch in flight and save where the run stands.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// `--variant`: one kernel family everywhere, or `Auto` to choose by measurement
+    /// (ignored on resume, which keeps the run's own kernels).
+    pub variant: Variant,
+    /// Where measured kernel choices are cached (None: the user's cache folder).
+    pub kernel_cache: Option<PathBuf>,
 }
 
 /// The result of a run, for callers and tests.
@@ -124,7 +130,7 @@ fn open_run(config: TrainConfig, opts: &RunOptions) -> Result<Opened> {
 
 /// Train (or resume) a run. Prints one line per epoch as the reference program does.
 pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
-    let Opened { config, resumed, data } = open_run(config, opts)?;
+    let Opened { mut config, resumed, data } = open_run(config, opts)?;
     let out = &opts.out;
     let model = config.model()?;
     let gpu = Gpu::open(opts.adapter)?;
@@ -133,6 +139,12 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let what = format!("{} training and {} test images from {}", train.len(), test.len(), data.source);
     say(opts.quiet, &format!("model: {} ({} parameters), {what}", config.preset, model.num_params));
     let kernels = Kernels::new(&gpu)?;
+    // Refuse a batch over the device's limits before anything is measured at it.
+    check_limits(&gpu, &model, config.batch_size.max(GRID), train)?;
+    if resumed.is_none() {
+        config.kernels =
+            plan::choose(&gpu, &kernels, &model, config.batch_size, opts.variant, opts.kernel_cache.as_deref(), opts.quiet)?.plan;
+    }
     let fixed_z = Rng::new(config.seed).normals(Stream::Samples, 0, GRID * model.latent);
     let init = match &resumed {
         Some(ck) => ck.params.clone(),
@@ -148,7 +160,7 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         test,
         params: &init,
         fixed_z: &fixed_z,
-        variant: Variant::Auto,
+        plan: config.kernels.clone(),
     };
     let mut trainer = Trainer::new(&gpu, &kernels, spec)?;
     // The images now live on the device; the host copy is not needed again.

@@ -28,6 +28,7 @@ fn run_dir() -> &'static PathBuf {
             train_size: 512,
             test_size: 40,
             data_dir: None,
+            kernels: Default::default(),
         };
         train::run(
             config,
@@ -39,6 +40,8 @@ fn run_dir() -> &'static PathBuf {
                 force: false,
                 resume_lr: None,
                 interrupt: None,
+                variant: cvae::gpu::ops::Variant::Auto,
+                kernel_cache: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_cache")),
             },
         )
         .unwrap_or_else(|e| panic!("{e:#}"));

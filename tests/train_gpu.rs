@@ -60,7 +60,7 @@ fn step_parity(preset: Preset, batch: usize) {
         test: &test,
         params: &init,
         fixed_z: &[],
-        variant: Variant::Auto,
+        plan: Default::default(),
     };
     let mut trainer = Trainer::new(&gpu, &kernels, spec).unwrap();
 
@@ -146,11 +146,24 @@ fn config(epochs: u32) -> TrainConfig {
         train_size: 150,
         test_size: 70,
         data_dir: None,
+        kernels: Default::default(),
     }
 }
 
+/// Run options with one kernel family forced: runs compared bit for bit must not
+/// depend on a measured choice (`tuned_kernels_are_kept_on_resume` covers that).
 fn opts(out: &Path, resume: bool) -> RunOptions {
-    RunOptions { out: out.to_path_buf(), adapter: AdapterChoice::Auto, quiet: true, resume, force: false, resume_lr: None, interrupt: None }
+    RunOptions {
+        out: out.to_path_buf(),
+        adapter: AdapterChoice::Auto,
+        quiet: true,
+        resume,
+        force: false,
+        resume_lr: None,
+        interrupt: None,
+        variant: Variant::Blocked,
+        kernel_cache: None,
+    }
 }
 
 /// The deterministic columns of metrics.csv (epoch, train loss, test ELBO).
@@ -219,7 +232,7 @@ fn a_lost_device_is_an_error_not_a_panic() {
         test: &test,
         params: &init,
         fixed_z: &[],
-        variant: Variant::Auto,
+        plan: Default::default(),
     };
     let mut t = Trainer::new(&gpu, &kernels, spec).unwrap();
     t.begin_epoch(1);
@@ -250,4 +263,34 @@ fn keras_vae_trains_and_reports_a_true_elbo() {
     let m = metrics(&out);
     // The Keras loss is a per-pixel mean (about 0.7 untrained); the ELBO is in nats per image.
     assert!(m[0].1 < 1.0 && m[0].2 < -100.0 && m[0].2 > -800.0, "{m:?}");
+}
+
+/// The kernels are chosen by measurement when a run starts and written into its config
+/// and checkpoint; `--resume` computes with those, whatever the cache says by then, so
+/// a resumed run still ends with the same bits as an uninterrupted one.
+#[test]
+fn tuned_kernels_are_kept_on_resume() {
+    let cache = tmp("tuned_cache");
+    let tuned = |out: &Path, resume: bool| RunOptions { variant: Variant::Auto, kernel_cache: Some(cache.clone()), ..opts(out, resume) };
+    let a = tmp("tuned_a");
+    train::run(config(2), &tuned(&a, false)).unwrap_or_else(|e| panic!("{e:#}"));
+    let plan = checkpoint::load(&a).unwrap().config.kernels;
+    assert_eq!(plan.0.len(), cvae::gpu::plan::sites(&config(2).model().unwrap()).len(), "a plan for every layer op: {plan:?}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
+    assert_eq!(json["kernels"].as_object().map(|o| o.len()), Some(plan.0.len()), "config.json names the kernels: {json}");
+
+    let b = tmp("tuned_b");
+    train::run(config(1), &tuned(&b, false)).unwrap();
+    // The cache now says something else for every layer op.
+    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut cached: serde_json::Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    for (_, v) in cached["plan"].as_object_mut().unwrap() {
+        *v = serde_json::json!(if v == "portable" { "tiled" } else { "portable" });
+    }
+    std::fs::write(&files[0], serde_json::to_vec(&cached).unwrap()).unwrap();
+    train::run(config(2), &tuned(&b, true)).unwrap();
+    let (ca, cb) = (checkpoint::load(&a).unwrap(), checkpoint::load(&b).unwrap());
+    assert_eq!(cb.config.kernels, plan, "the resumed run kept its own kernels");
+    assert!(ca.params == cb.params && ca.slots == cb.slots, "resumed parameters differ from the uninterrupted run's");
 }

@@ -133,7 +133,8 @@ pub struct Gpu {
 
 impl Gpu {
     /// Open a device on the best adapter of the chosen backend, asking for
-    /// nothing beyond wgpu's default limits, plus timestamp queries when present.
+    /// nothing beyond wgpu's default limits, plus timestamp queries and subgroups
+    /// when present.
     pub fn open(choice: AdapterChoice) -> Result<Gpu> {
         let adapters = enumerate(choice.backends());
         let Some(adapter) = pick(adapters) else {
@@ -151,7 +152,9 @@ impl Gpu {
         if let Some(missing) = missing_limits(&needed, &have) {
             bail!("adapter {} is below wgpu's default limits, which cvae needs: {missing}", describe(&info));
         }
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // Timestamps for the benchmark, subgroups for the kernels that use them; both
+        // optional: without them those parts are simply not offered.
+        let features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("cvae"),
             required_features: features,
@@ -198,26 +201,27 @@ impl Gpu {
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let contents = if bytes.is_empty() { &[0u8; 4][..] } else { bytes };
-        self.count(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents, usage: TENSOR }))
+        // Padded to 16 bytes, so a vec4 view of the buffer reaches every element.
+        let mut contents = bytes.to_vec();
+        contents.resize(bytes.len().max(1).next_multiple_of(16), 0);
+        self.count(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: &contents,
+            usage: TENSOR,
+        }))
     }
 
     /// A storage buffer of raw bytes, read in shaders as `array<u32>` with byte i of
-    /// a word at bits 8i (WGSL is little-endian). Padded with zeros to a multiple of 4.
+    /// a word at bits 8i (WGSL is little-endian). Padded with zeros.
     pub fn upload_bytes(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
-        if bytes.len().is_multiple_of(4) && !bytes.is_empty() {
-            return self.upload(label, bytes);
-        }
-        let mut padded = bytes.to_vec();
-        padded.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
-        self.upload(label, &padded)
+        self.upload(label, bytes)
     }
 
-    /// A zero-filled storage buffer of `n` f32.
+    /// A zero-filled storage buffer of `n` f32 (padded to 16 bytes).
     pub fn zeros(&self, label: &str, n: usize) -> wgpu::Buffer {
         self.count(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: (n.max(1) * 4) as u64,
+            size: (n.max(1) * 4).next_multiple_of(16) as u64,
             usage: TENSOR,
             mapped_at_creation: false,
         }))

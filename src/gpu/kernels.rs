@@ -15,7 +15,7 @@ use super::uniforms::Uniform;
 use super::Gpu;
 
 /// Every shader file with entry points, by name (`shaders/<name>.wgsl`).
-pub const SHADER_FILES: [(&str, &str); 10] = [
+pub const SHADER_FILES: [(&str, &str); 12] = [
     ("activation", include_str!("../../shaders/activation.wgsl")),
     ("blocked", include_str!("../../shaders/blocked.wgsl")),
     ("conv2d", include_str!("../../shaders/conv2d.wgsl")),
@@ -26,7 +26,12 @@ pub const SHADER_FILES: [(&str, &str); 10] = [
     ("loss", include_str!("../../shaders/loss.wgsl")),
     ("optim", include_str!("../../shaders/optim.wgsl")),
     ("reparam", include_str!("../../shaders/reparam.wgsl")),
+    ("subgroup", include_str!("../../shaders/subgroup.wgsl")),
+    ("tiled", include_str!("../../shaders/tiled.wgsl")),
 ];
+
+/// Files whose kernels need `Features::SUBGROUP`: built only on a device that has it.
+pub const SUBGROUP_FILES: [&str; 1] = ["subgroup"];
 
 /// Prepended to every file: the shared structs and helpers, and the RNG.
 const PRELUDE: &str = include_str!("../../shaders/prelude.wgsl");
@@ -37,18 +42,82 @@ pub const WORKGROUP: u32 = 64;
 /// wgpu's default `max_compute_workgroups_per_dimension`.
 pub const MAX_GROUPS_PER_DIM: u32 = 65535;
 
-/// The WGSL source handed to the device for one file: `WG`, the prelude, the RNG, the file.
-pub fn composed_source(name: &str) -> Option<String> {
-    let (_, src) = SHADER_FILES.iter().find(|(n, _)| *n == name)?;
-    Some(format!("const WG: u32 = {WORKGROUP}u;\n{PRELUDE}\n{RNG}\n{src}"))
+/// The WGSL source handed to the device for one file: `WG`, the prelude, the RNG, the
+/// file, with its `//#unroll` blocks expanded.
+pub fn composed_source(name: &str) -> Result<String> {
+    let (_, src) = SHADER_FILES.iter().find(|(n, _)| *n == name).ok_or_else(|| anyhow!("no shader file named {name}"))?;
+    let body = expand_unrolls(src).with_context(|| format!("shaders/{name}.wgsl"))?;
+    Ok(format!("const WG: u32 = {WORKGROUP}u;\n{PRELUDE}\n{RNG}\n{body}"))
+}
+
+/// Expand `//#unroll NAME COUNT` ... `//#end` blocks: the lines between are written
+/// COUNT times with `{NAME}` replaced by 0, 1, ... COUNT - 1. Blocks nest. Kernels
+/// that broadcast across a subgroup need this: `subgroupBroadcast` takes a constant
+/// lane, and WGSL has no loop unrolling of its own.
+pub fn expand_unrolls(src: &str) -> Result<String> {
+    let lines: Vec<&str> = src.lines().collect();
+    let mut out = String::with_capacity(src.len());
+    let mut i = 0;
+    while i < lines.len() {
+        i = expand_from(&lines, i, &[], &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Write line `i` (or the whole block it opens) with the substitutions `subs`;
+/// returns the index of the next line to write.
+fn expand_from(lines: &[&str], i: usize, subs: &[(String, usize)], out: &mut String) -> Result<usize> {
+    let line = lines[i];
+    let Some(rest) = line.trim_start().strip_prefix("//#unroll ") else {
+        if line.trim_start().starts_with("//#end") {
+            bail!("line {}: //#end without //#unroll", i + 1);
+        }
+        let mut l = line.to_string();
+        for (name, v) in subs {
+            l = l.replace(&format!("{{{name}}}"), &v.to_string());
+        }
+        out.push_str(&l);
+        out.push('\n');
+        return Ok(i + 1);
+    };
+    let mut words = rest.split_whitespace();
+    let (Some(name), Some(count)) = (words.next(), words.next().and_then(|c| c.parse::<usize>().ok())) else {
+        bail!("line {}: expected //#unroll NAME COUNT", i + 1);
+    };
+    // The block's end: the matching //#end at the same nesting depth.
+    let mut depth = 0;
+    let mut end = None;
+    for (j, l) in lines.iter().enumerate().skip(i + 1) {
+        let t = l.trim_start();
+        if t.starts_with("//#unroll ") {
+            depth += 1;
+        } else if t.starts_with("//#end") {
+            if depth == 0 {
+                end = Some(j);
+                break;
+            }
+            depth -= 1;
+        }
+    }
+    let end = end.ok_or_else(|| anyhow!("line {}: //#unroll {name} has no //#end", i + 1))?;
+    for v in 0..count {
+        let mut inner = subs.to_vec();
+        inner.push((name.to_string(), v));
+        let mut j = i + 1;
+        while j < end {
+            j = expand_from(lines, j, &inner, out)?;
+        }
+    }
+    Ok(end + 1)
 }
 
 /// Parse and validate one composed file with naga.
 pub fn naga_module(name: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
-    let src = composed_source(name).ok_or_else(|| anyhow!("no shader file named {name}"))?;
+    let src = composed_source(name)?;
     let module =
         naga::front::wgsl::parse_str(&src).map_err(|e| anyhow!("shaders/{name}.wgsl does not parse:\n{}", e.emit_to_string(&src)))?;
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+    let caps = if SUBGROUP_FILES.contains(&name) { naga::valid::Capabilities::SUBGROUP } else { naga::valid::Capabilities::empty() };
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
         .validate(&module)
         .map_err(|e| anyhow!("shaders/{name}.wgsl does not validate:\n{}", e.emit_to_string(&src)))?;
     Ok((module, info))
@@ -92,9 +161,13 @@ impl Kernels {
     /// Build a pipeline for every entry point of every shader file.
     pub fn new(gpu: &Gpu) -> Result<Kernels> {
         let mut map = HashMap::new();
+        let subgroups = gpu.features.contains(wgpu::Features::SUBGROUP);
         for (file, _) in SHADER_FILES {
+            if SUBGROUP_FILES.contains(&file) && !subgroups {
+                continue;
+            }
             let (module, info) = naga_module(file)?;
-            let src = composed_source(file).expect("listed file");
+            let src = composed_source(file)?;
             let shader = gpu
                 .device
                 .create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(file), source: wgpu::ShaderSource::Wgsl(src.into()) });
@@ -138,8 +211,6 @@ impl Kernels {
     }
 
     /// A dispatch of `entry` over `groups` workgroups (for one-workgroup-per-item kernels).
-    /// `buffers` name every buffer the entry point uses: each name must be one of its
-    /// bindings, and each of its bindings must be named.
     pub fn dispatch_groups<U: Uniform>(
         &self,
         gpu: &Gpu,
@@ -148,28 +219,46 @@ impl Kernels {
         buffers: &[(&str, &wgpu::Buffer)],
         groups: usize,
     ) -> Result<Dispatch> {
+        let groups = u32::try_from(groups.max(1)).map_err(|_| anyhow!("{entry}: {groups} workgroups is too many"))?;
+        let grid = if groups <= MAX_GROUPS_PER_DIM { [groups, 1, 1] } else { [MAX_GROUPS_PER_DIM, groups.div_ceil(MAX_GROUPS_PER_DIM), 1] };
+        self.dispatch_grid(gpu, entry, uniform, buffers, &[], grid)
+    }
+
+    /// A dispatch of `entry` over a grid of workgroups, binding buffers and textures by
+    /// name: each name must be one of the entry point's bindings, and each of its
+    /// bindings must be named.
+    pub fn dispatch_grid<U: Uniform>(
+        &self,
+        gpu: &Gpu,
+        entry: &str,
+        uniform: &U,
+        buffers: &[(&str, &wgpu::Buffer)],
+        textures: &[(&str, &wgpu::TextureView)],
+        grid: [u32; 3],
+    ) -> Result<Dispatch> {
         let k = self.get(entry)?;
         if k.uniform != U::WGSL {
             bail!("{entry} (shaders/{}.wgsl) takes a uniform {}, not {}", k.file, k.uniform, U::WGSL);
         }
         let names = || k.bindings.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
-        if let Some((extra, _)) = buffers.iter().find(|(n, _)| !k.bindings.iter().any(|(b, _)| b == n)) {
-            bail!("{entry} (shaders/{}.wgsl) has no buffer named {extra}; it binds {}", k.file, names());
+        let given = buffers.iter().map(|(n, _)| *n).chain(textures.iter().map(|(n, _)| *n));
+        if let Some(extra) = given.clone().find(|n| !k.bindings.iter().any(|(b, _)| b == n)) {
+            bail!("{entry} (shaders/{}.wgsl) has no binding named {extra}; it binds {}", k.file, names());
         }
-        let groups = u32::try_from(groups.max(1)).map_err(|_| anyhow!("{entry}: {groups} workgroups is too many"))?;
-        let grid = if groups <= MAX_GROUPS_PER_DIM { [groups, 1, 1] } else { [MAX_GROUPS_PER_DIM, groups.div_ceil(MAX_GROUPS_PER_DIM), 1] };
-        if grid[1] > MAX_GROUPS_PER_DIM {
-            bail!("{entry}: {groups} workgroups exceed the device's {MAX_GROUPS_PER_DIM} x {MAX_GROUPS_PER_DIM} grid; use a smaller batch");
+        if grid.iter().any(|&g| g > MAX_GROUPS_PER_DIM) {
+            bail!("{entry}: a grid of {grid:?} workgroups exceeds the device's {MAX_GROUPS_PER_DIM} per dimension; use a smaller batch");
         }
         let ubuf = gpu.uniform(entry, uniform);
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
         for (name, b) in &k.bindings {
-            let buf = buffers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, buf)| *buf)
-                .with_context(|| format!("{entry} (shaders/{}.wgsl) needs a buffer named {name}; it binds {}", k.file, names()))?;
-            entries.push(wgpu::BindGroupEntry { binding: *b, resource: buf.as_entire_binding() });
+            let resource = if let Some((_, buf)) = buffers.iter().find(|(n, _)| n == name) {
+                buf.as_entire_binding()
+            } else if let Some((_, view)) = textures.iter().find(|(n, _)| n == name) {
+                wgpu::BindingResource::TextureView(view)
+            } else {
+                bail!("{entry} (shaders/{}.wgsl) needs a binding named {name}; it binds {}", k.file, names());
+            };
+            entries.push(wgpu::BindGroupEntry { binding: *b, resource });
         }
         let bind_group =
             gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(entry), layout: &k.layout, entries: &entries });
@@ -179,6 +268,7 @@ impl Kernels {
             flops: 0.0,
             parts: vec![Part { entry: entry.to_string(), bind_group, grid }],
             keep: vec![ubuf],
+            keep_textures: Vec::new(),
         })
     }
 
@@ -223,6 +313,21 @@ impl Dispatch {
     pub fn then(mut self, next: Dispatch) -> Self {
         self.parts.extend(next.parts);
         self.keep.extend(next.keep);
+        self.keep_textures.extend(next.keep_textures);
+        self
+    }
+    /// This op, preceded by `first` (e.g. packing the weights it reads).
+    pub fn after(mut self, first: Dispatch) -> Self {
+        let mut parts = first.parts;
+        parts.append(&mut self.parts);
+        self.parts = parts;
+        self.keep.extend(first.keep);
+        self.keep_textures.extend(first.keep_textures);
+        self
+    }
+    /// Report this op under another entry point's name (the one doing the work).
+    pub fn named(mut self, entry: &str) -> Self {
+        self.entry = entry.to_string();
         self
     }
     /// Keep a scratch buffer alive as long as the dispatch.
@@ -230,11 +335,45 @@ impl Dispatch {
         self.keep.push(buf);
         self
     }
+    /// Keep a texture alive as long as the dispatch.
+    pub fn keeping_texture(mut self, tex: wgpu::Texture) -> Self {
+        self.keep_textures.push(tex);
+        self
+    }
+}
+
+/// Nanoseconds of one dispatch by the wall clock: submitted alone and waited for,
+/// less `baseline_ns` (what an empty submission costs; `submit_overhead_ns`).
+pub fn wall_time_ns(gpu: &Gpu, kernels: &Kernels, d: &Dispatch, baseline_ns: f64) -> Result<f64> {
+    let cmd = kernels.encode(gpu, std::slice::from_ref(d))?;
+    let t0 = std::time::Instant::now();
+    gpu.queue.submit([cmd]);
+    gpu.wait()?;
+    Ok((t0.elapsed().as_secs_f64() * 1e9 - baseline_ns).max(0.0))
+}
+
+/// What submitting an empty command buffer and waiting for it costs (median of 5).
+pub fn submit_overhead_ns(gpu: &Gpu) -> Result<f64> {
+    let mut v = Vec::new();
+    for _ in 0..5 {
+        let cmd = gpu.device.create_command_encoder(&Default::default()).finish();
+        let t0 = std::time::Instant::now();
+        gpu.queue.submit([cmd]);
+        gpu.wait()?;
+        v.push(t0.elapsed().as_secs_f64() * 1e9);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[2])
 }
 
 /// Time each dispatch with timestamp queries: each in its own pass with a
 /// beginning and end timestamp. Returns nanoseconds per dispatch. Needs
 /// `Features::TIMESTAMP_QUERY`; None when the device lacks it.
+///
+/// Mesa 22.3's lavapipe stops covering the work with its timestamps once a kernel
+/// that writes a storage texture has run (a 70 ms dispatch then reads 0.05 ms), so
+/// callers that need trustworthy figures check the total against the wall clock
+/// (`profile_checked`).
 pub fn profile(gpu: &Gpu, kernels: &Kernels, dispatches: &[Dispatch]) -> Result<Option<Vec<f64>>> {
     if !gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
         return Ok(None);
@@ -269,6 +408,21 @@ pub fn profile(gpu: &Gpu, kernels: &Kernels, dispatches: &[Dispatch]) -> Result<
     Ok(Some(times))
 }
 
+/// Nanoseconds per dispatch and how they were measured: by timestamp queries when the
+/// adapter has them and they agree with the wall clock dispatch by dispatch (within a
+/// quarter, or half a millisecond), else by the wall clock (`wall_time_ns`), which is
+/// always measured too.
+pub fn profile_checked(gpu: &Gpu, kernels: &Kernels, dispatches: &[Dispatch]) -> Result<(Vec<f64>, &'static str)> {
+    let stamps = profile(gpu, kernels, dispatches)?;
+    let base = submit_overhead_ns(gpu)?;
+    let wall = dispatches.iter().map(|d| wall_time_ns(gpu, kernels, d, base)).collect::<Result<Vec<_>>>()?;
+    match stamps {
+        Some(t) if t.iter().zip(&wall).all(|(s, w)| (s - w).abs() <= (0.25 * w).max(0.5e6)) => Ok((t, "timestamp queries")),
+        Some(_) => Ok((wall, "the wall clock, dispatch by dispatch (this adapter's timestamps disagreed with it)")),
+        None => Ok((wall, "the wall clock, dispatch by dispatch (no timestamp queries)")),
+    }
+}
+
 /// One op, ready to record: its entry point (the first, if it takes several
 /// dispatches), bind groups and grids.
 pub struct Dispatch {
@@ -279,6 +433,7 @@ pub struct Dispatch {
     pub flops: f64,
     parts: Vec<Part>,
     keep: Vec<wgpu::Buffer>,
+    keep_textures: Vec<wgpu::Texture>,
 }
 
 /// One compute dispatch of an op.
@@ -286,4 +441,15 @@ struct Part {
     entry: String,
     bind_group: wgpu::BindGroup,
     grid: [u32; 3],
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unroll_blocks_expand_and_nest() {
+        let src = "a\n  //#unroll I 2\n  x{I}\n  //#unroll J 2\n  y{I}{J}\n  //#end\n  //#end\nb\n";
+        assert_eq!(super::expand_unrolls(src).unwrap(), "a\n  x0\n  y00\n  y01\n  x1\n  y10\n  y11\nb\n");
+        assert!(super::expand_unrolls("//#unroll I 2\nx\n").is_err(), "an open block is an error");
+        assert!(super::expand_unrolls("x\n//#end\n").is_err(), "a stray end is an error");
+    }
 }

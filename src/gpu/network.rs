@@ -16,6 +16,7 @@ use anyhow::{bail, Result};
 
 use super::kernels::Dispatch;
 use super::ops::{Ops, Weights};
+use super::plan::{Op, Plan};
 use crate::model::{Activation, KlKind, Layer, LayerInfo, LossSpec, Model};
 
 /// Where a pass's noise comes from: a stream's key (`Rng::key`) and the step
@@ -28,6 +29,8 @@ pub struct Noise<'b> {
 
 pub struct Network<'a> {
     ops: Ops<'a>,
+    /// Which kernel family runs each op of each layer.
+    plan: Plan,
     model: &'a Model,
     /// The largest batch the buffers hold.
     cap: usize,
@@ -47,8 +50,9 @@ pub struct Network<'a> {
 
 impl<'a> Network<'a> {
     /// Buffers for batches of up to `cap`, holding the weights `params`; with
-    /// `gradients`, also a gradient buffer per activation (for `backward`).
-    pub fn new(ops: Ops<'a>, model: &'a Model, params: &[f32], cap: usize, gradients: bool) -> Result<Network<'a>> {
+    /// `gradients`, also a gradient buffer per activation (for `backward`). The layers'
+    /// ops run the families of `plan`.
+    pub fn new(ops: Ops<'a>, plan: Plan, model: &'a Model, params: &[f32], cap: usize, gradients: bool) -> Result<Network<'a>> {
         if params.len() != model.num_params {
             bail!("{} parameters given for a model of {}", params.len(), model.num_params);
         }
@@ -76,6 +80,7 @@ impl<'a> Network<'a> {
         let dec = chain("decoder", ("z", model.latent), &model.decoder);
         Ok(Network {
             ops,
+            plan,
             model,
             cap,
             params: gpu.upload("params", params),
@@ -126,6 +131,11 @@ impl<'a> Network<'a> {
         &self.kl
     }
 
+    /// The launchers for op `op` of the layer labelled `label`, with the plan's family.
+    fn ops_for(&self, label: &str, op: Op) -> Ops<'a> {
+        Ops { variant: self.plan.variant(label, op), ..self.ops }
+    }
+
     fn weights<'b>(&self, buf: &'b wgpu::Buffer, l: &LayerInfo) -> Weights<'b> {
         let k = l.kernel_param.expect("layer with weights");
         Weights { params: buf, w_off: self.model.params[k].offset, b_off: self.model.params[k + 1].offset }
@@ -133,11 +143,12 @@ impl<'a> Network<'a> {
 
     /// One layer forward, bias and activation fused; None for Flatten and Reshape.
     pub fn layer_forward(&self, net: &str, l: &LayerInfo, n: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<Option<Dispatch>> {
-        let o = self.ops;
         let relu = l.activation() == Activation::Relu;
         if matches!(l.layer, Layer::Flatten | Layer::Reshape { .. }) {
             return Ok(None);
         }
+        let label = format!("{net}.{}", l.name);
+        let o = self.ops_for(&label, Op::Forward);
         let w = self.weights(&self.params, l);
         let d = match l.layer {
             Layer::Conv2D { .. } => o.conv2d_forward(&l.conv_geom(n).expect("conv"), x, w, relu, y)?,
@@ -145,7 +156,7 @@ impl<'a> Network<'a> {
             Layer::Dense { units, .. } => o.dense_forward(n, l.input.len(), units, x, w, relu, y)?,
             Layer::Flatten | Layer::Reshape { .. } => unreachable!("returned above"),
         };
-        Ok(Some(d.labeled(&format!("{net}.{}", l.name))))
+        Ok(Some(d.labeled(&label)))
     }
 
     /// Backward through one layer: the ReLU mask (in place on dy), the kernel and bias
@@ -167,6 +178,8 @@ impl<'a> Network<'a> {
         if matches!(l.layer, Layer::Flatten | Layer::Reshape { .. }) {
             return Ok(d);
         }
+        let label = format!("{net}.{}", l.name);
+        let (ok, oi) = (self.ops_for(&label, Op::BackwardKernel), self.ops_for(&label, Op::BackwardInput));
         if l.activation() == Activation::Relu {
             d.push(o.relu_backward(n * l.output.len(), y, dy)?);
         }
@@ -174,31 +187,30 @@ impl<'a> Network<'a> {
         match l.layer {
             Layer::Conv2D { .. } => {
                 let g = l.conv_geom(n).expect("conv");
-                d.push(o.conv2d_backward_kernel(&g, x, dy, gw)?);
+                d.push(ok.conv2d_backward_kernel(&g, x, dy, gw)?);
                 d.push(o.bias_backward(n * g.out_h * g.out_w, g.out_c, dy, grads, gw.b_off)?);
                 if let Some(dx) = dx {
-                    d.push(o.conv2d_backward_input(&g, dy, w, dx)?);
+                    d.push(oi.conv2d_backward_input(&g, dy, w, dx)?);
                 }
             }
             Layer::Conv2DTranspose { .. } => {
                 let g = l.conv_geom(n).expect("conv");
-                d.push(o.conv2d_transpose_backward_kernel(&g, x, dy, gw)?);
+                d.push(ok.conv2d_transpose_backward_kernel(&g, x, dy, gw)?);
                 d.push(o.bias_backward(n * g.out_h * g.out_w, g.out_c, dy, grads, gw.b_off)?);
                 if let Some(dx) = dx {
-                    d.push(o.conv2d_transpose_backward_input(&g, dy, w, dx)?);
+                    d.push(oi.conv2d_transpose_backward_input(&g, dy, w, dx)?);
                 }
             }
             Layer::Dense { units, .. } => {
                 let inputs = l.input.len();
-                d.push(o.dense_backward_kernel(n, inputs, units, x, dy, gw)?);
+                d.push(ok.dense_backward_kernel(n, inputs, units, x, dy, gw)?);
                 d.push(o.bias_backward(n, units, dy, grads, gw.b_off)?);
                 if let Some(dx) = dx {
-                    d.push(o.dense_backward_input(n, inputs, units, dy, w, dx)?);
+                    d.push(oi.dense_backward_input(n, inputs, units, dy, w, dx)?);
                 }
             }
             Layer::Flatten | Layer::Reshape { .. } => unreachable!("returned above"),
         }
-        let label = format!("{net}.{}", l.name);
         Ok(d.into_iter().map(|x| x.labeled(&label)).collect())
     }
 

@@ -3,7 +3,7 @@
 //! record; none of them submits. Buffers are passed by their binding names in the
 //! shader; the uniform structs are in `uniforms.rs`.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::kernels::{Dispatch, Kernels};
 pub use super::uniforms::StepUniform;
@@ -21,6 +21,16 @@ pub const LOOP_BUDGET: usize = 60_000;
 /// (images * (1 + h + h * w) iterations) stays within `LOOP_BUDGET`.
 fn images_within_loop_budget(h: usize, w: usize) -> usize {
     (LOOP_BUDGET / (1 + h + h * w)).max(1)
+}
+
+/// Rows per column block of every matrix texture (subgroup.wgsl: FOLD).
+pub const TEXTURE_FOLD: usize = 4096;
+
+/// A 1-D grid of `threads` invocations in workgroups of `WORKGROUP`.
+fn grid_1d(threads: usize) -> [u32; 3] {
+    let groups = threads.div_ceil(super::kernels::WORKGROUP as usize).max(1);
+    let max = super::kernels::MAX_GROUPS_PER_DIM as usize;
+    [u(groups.min(max)), u(groups.div_ceil(max)), 1]
 }
 
 /// Sizes and offsets as the shaders see them. The trainer checks every size against
@@ -63,18 +73,36 @@ pub struct Weights<'a> {
     pub b_off: usize,
 }
 
-/// Which implementation of an op to launch. `Blocked` kernels compute a block of
-/// outputs per invocation from vec4 loads and need channel counts divisible by 4;
-/// where a shape does not allow it the portable kernel runs instead.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+/// Which implementation of a layer op to launch. Every family computes the same
+/// thing; they differ in how they use the adapter. `src/gpu/plan.rs` picks one per
+/// layer and op by measurement; forcing one uses the portable kernel wherever the
+/// family does not take the shape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Variant {
-    /// The fastest kernel that fits the shape.
+    /// Blocked where the shape allows, else portable (no measurement).
     #[default]
     Auto,
     /// One output per invocation: the simplest kernels, the reference for the others.
     Portable,
-    /// Register-blocked kernels (no optional features needed).
+    /// Register-blocked kernels (blocked.wgsl; no optional feature).
     Blocked,
+    /// Subgroup broadcast and weight textures (subgroup.wgsl; 8-lane subgroups only).
+    Subgroup,
+    /// Workgroup-memory tiles (tiled.wgsl; no optional feature): for real GPUs.
+    Tiled,
+}
+
+/// The family a launcher runs for one op, resolved from the variant and the shape.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Family {
+    Portable,
+    /// `vec4_in`: whether the input side's channels come in vec4s.
+    Blocked {
+        vec4_in: bool,
+    },
+    Subgroup,
+    Tiled,
 }
 
 /// The launchers, bound to a device and its pipelines.
@@ -86,10 +114,77 @@ pub struct Ops<'a> {
 }
 
 impl Ops<'_> {
-    /// Whether the blocked kernels fit a conv geometry and a kernel offset: output
-    /// channels (and the kernel) in vec4s. `vec4_in` says whether the input channels are too.
-    fn blocked(&self, g: &ConvGeom, w_off: usize) -> Option<bool> {
-        (self.variant != Variant::Portable && g.out_c.is_multiple_of(4) && w_off.is_multiple_of(4)).then_some(g.in_c.is_multiple_of(4))
+    /// The family for an op on conv geometry `g` (a Conv2D's; see blocked.wgsl) with
+    /// its kernel at `w_off`. Blocked kernels need output channels (and the kernel) in
+    /// vec4s; every other family takes any shape.
+    fn family(&self, g: &ConvGeom, w_off: usize) -> Family {
+        let blocked = g.out_c.is_multiple_of(4) && w_off.is_multiple_of(4);
+        match self.variant {
+            Variant::Portable => Family::Portable,
+            Variant::Subgroup => Family::Subgroup,
+            Variant::Tiled => Family::Tiled,
+            Variant::Auto | Variant::Blocked if blocked => Family::Blocked { vec4_in: g.in_c.is_multiple_of(4) },
+            Variant::Auto | Variant::Blocked => Family::Portable,
+        }
+    }
+
+    /// The forward pass of conv geometry `g`: y = act(bias + im2col(x) kernel), by family.
+    /// None for the portable family (each layer kind has its own portable kernel).
+    fn gemm_forward(
+        &self,
+        fam: Family,
+        g: &ConvGeom,
+        x: &wgpu::Buffer,
+        w: Weights<'_>,
+        relu: bool,
+        bias: bool,
+        y: &wgpu::Buffer,
+    ) -> Result<Option<Dispatch>> {
+        Ok(Some(match fam {
+            Family::Portable => return Ok(None),
+            Family::Blocked { vec4_in } => self.forward_blocked(g, x, w, relu, bias, y, vec4_in)?,
+            Family::Subgroup => self.forward_subgroup(g, x, w, relu, bias, y)?,
+            Family::Tiled => self.forward_tiled(g, x, w, relu, bias, y)?,
+        }))
+    }
+
+    /// The input gradient of conv geometry `g` (with bias and ReLU, it is a
+    /// Conv2DTranspose's forward pass), by family; None for the portable family.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_backward_input(
+        &self,
+        fam: Family,
+        g: &ConvGeom,
+        dy: &wgpu::Buffer,
+        w: Weights<'_>,
+        relu: bool,
+        bias: bool,
+        dx: &wgpu::Buffer,
+    ) -> Result<Option<Dispatch>> {
+        Ok(Some(match fam {
+            Family::Portable => return Ok(None),
+            Family::Blocked { vec4_in } => self.backward_input_blocked(g, dy, w, relu, bias, dx, vec4_in)?,
+            Family::Subgroup => self.backward_input_subgroup(g, dy, w, relu, bias, dx)?,
+            Family::Tiled => self.backward_input_tiled(g, dy, w, relu, bias, dx)?,
+        }))
+    }
+
+    /// The kernel gradient of conv geometry `g` into `grads` at `w_off`, by family;
+    /// None where the family does not take the shape (portable, or a blocked shape).
+    fn gemm_backward_kernel(
+        &self,
+        fam: Family,
+        g: &ConvGeom,
+        x: &wgpu::Buffer,
+        dy: &wgpu::Buffer,
+        grads: Weights<'_>,
+    ) -> Result<Option<Dispatch>> {
+        match fam {
+            Family::Portable => Ok(None),
+            Family::Blocked { vec4_in } => self.backward_kernel_blocked(g, x, dy, grads, vec4_in),
+            Family::Subgroup => self.backward_kernel_subgroup(g, x, dy, grads).map(Some),
+            Family::Tiled => self.backward_kernel_tiled(g, x, dy, grads).map(Some),
+        }
     }
 
     /// conv2d_forward_blocked[_scalar] on conv geometry `g` (input `x`, output `y`).
@@ -190,34 +285,238 @@ impl Ops<'_> {
         Ok(Some(main.then(reduce).keeping(part)))
     }
 
+    /// A texture holding a `rows` x 4 `cols4` matrix as rgba32float texels, folded into
+    /// column blocks of `TEXTURE_FOLD` rows (subgroup.wgsl's `texel`).
+    fn matrix_texture(&self, rows: usize, cols4: usize) -> Result<(wgpu::Texture, wgpu::TextureView)> {
+        let max = self.gpu.limits.max_texture_dimension_2d as usize;
+        // Power-of-two sides: llvmpipe compiles a kernel once per combination of its
+        // textures' power-of-two-ness, so this keeps it to one compilation per kernel.
+        let folds = rows.div_ceil(TEXTURE_FOLD).max(1);
+        let (width, height) = ((cols4 * folds).next_power_of_two(), rows.clamp(1, TEXTURE_FOLD).next_power_of_two());
+        if width > max {
+            bail!("a {rows} x {} matrix does not fit a {max} x {max} texture", 4 * cols4);
+        }
+        let tex = self.gpu.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("matrix"),
+            size: wgpu::Extent3d { width: u(width), height: u(height), depth_or_array_layers: 1 },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING,
+            view_formats: &[],
+        });
+        let view = tex.create_view(&Default::default());
+        Ok((tex, view))
+    }
+
+    /// Pack an activation of `rows` pixels x `channels` (a multiple of 4) into a texture
+    /// (pack_rows); None when the channels do not come in vec4s (the kernels then read
+    /// the buffer). The dispatch keeps the texture alive.
+    fn pack_rows(&self, buf: &wgpu::Buffer, rows: usize, channels: usize) -> Result<Option<(Dispatch, wgpu::TextureView)>> {
+        if !channels.is_multiple_of(4) {
+            return Ok(None);
+        }
+        let (tex, view) = self.matrix_texture(rows, channels / 4)?;
+        let un = ConvUniform { batch: u(rows), in_c: u(channels / 4), ..Default::default() };
+        let d =
+            self.k.dispatch_grid(self.gpu, "pack_rows", &un, &[("rows4", buf)], &[("wtex_out", &view)], grid_1d(rows * channels / 4))?;
+        Ok(Some((d.keeping_texture(tex), view)))
+    }
+
+    /// conv2d_forward_subgroup on conv geometry `g`, after pack_weights fills its
+    /// weight texture and pack_rows its input texture.
+    fn forward_subgroup(
+        &self,
+        g: &ConvGeom,
+        x: &wgpu::Buffer,
+        w: Weights<'_>,
+        relu: bool,
+        bias: bool,
+        y: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let (rows, cols4) = (g.k_h * g.k_w * g.in_c, g.out_c.div_ceil(4));
+        let (tex, view) = self.matrix_texture(rows, cols4)?;
+        let un = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
+        let mut first =
+            self.k.dispatch_grid(self.gpu, "pack_weights", &un, &[("params", w.params)], &[("wtex_out", &view)], grid_1d(rows * cols4))?;
+        let packed = self.pack_rows(x, g.in_len() / g.in_c, g.in_c)?;
+        let xview = match packed {
+            Some((pack, v)) => {
+                first = first.then(pack);
+                v
+            }
+            // Never read: the kernel takes the scalar path and x4.
+            None => self.matrix_texture(1, 1)?.1,
+        };
+        let m = g.batch * g.out_h * g.out_w;
+        let buffers = [("x4", x), ("params", w.params), ("y4", y)];
+        let grid = [u(cols4.div_ceil(8)), u(m.div_ceil(128)), 1];
+        let main = self.k.dispatch_grid(self.gpu, "conv2d_forward_subgroup", &un, &buffers, &[("wtex", &view), ("xtex", &xview)], grid)?;
+        Ok(main.after(first).keeping_texture(tex))
+    }
+
+    /// conv2d_backward_input_subgroup on conv geometry `g`, one dispatch per phase of
+    /// the stride, after pack_weights_transposed and pack_rows fill its textures.
+    fn backward_input_subgroup(
+        &self,
+        g: &ConvGeom,
+        dy: &wgpu::Buffer,
+        w: Weights<'_>,
+        relu: bool,
+        bias: bool,
+        dx: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let (rows, cols4) = (g.k_h * g.k_w * g.out_c, g.in_c.div_ceil(4));
+        let (tex, view) = self.matrix_texture(rows, cols4)?;
+        let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
+        let mut d = self.k.dispatch_grid(
+            self.gpu,
+            "pack_weights_transposed",
+            &un0,
+            &[("params", w.params)],
+            &[("wtex_out", &view)],
+            grid_1d(rows * cols4),
+        )?;
+        let dyview = match self.pack_rows(dy, g.out_len() / g.out_c, g.out_c)? {
+            Some((pack, v)) => {
+                d = d.then(pack);
+                v
+            }
+            None => self.matrix_texture(1, 1)?.1,
+        };
+        let s = g.stride;
+        for (ry, rx) in (0..s).flat_map(|ry| (0..s).map(move |rx| (ry, rx))) {
+            let m = g.batch * g.in_h.saturating_sub(ry).div_ceil(s) * g.in_w.saturating_sub(rx).div_ceil(s);
+            if m == 0 {
+                continue;
+            }
+            let un = ConvUniform { phase_y: u(ry), phase_x: u(rx), ..un0 };
+            let buffers = [("dy4", dy), ("params", w.params), ("dx4", dx)];
+            let textures = [("wtex", &view), ("dytex", &dyview)];
+            let grid = [u(cols4.div_ceil(8)), u(m.div_ceil(128)), 1];
+            d = d.then(self.k.dispatch_grid(self.gpu, "conv2d_backward_input_subgroup", &un, &buffers, &textures, grid)?);
+        }
+        Ok(d.named("conv2d_backward_input_subgroup").keeping_texture(tex))
+    }
+
+    /// conv2d_backward_kernel_subgroup on conv geometry `g`: partial sums over slices of
+    /// the batch, enough of them to give every core work, then their reduction in order.
+    fn backward_kernel_subgroup(&self, g: &ConvGeom, x: &wgpu::Buffer, dy: &wgpu::Buffer, grads: Weights<'_>) -> Result<Dispatch> {
+        let (rows, cols4) = (g.k_h * g.k_w * g.in_c, g.out_c.div_ceil(4));
+        let groups = (cols4.div_ceil(8) * rows.div_ceil(32)).div_ceil(4);
+        // At least 32 workgroups; each invocation loops over a slice's pixels 8 at a time.
+        let plane = g.out_h * g.out_w;
+        let images = g.batch.div_ceil(32usize.div_ceil(groups)).min(8 * LOOP_BUDGET / plane).max(1);
+        let slices = g.batch.div_ceil(images);
+        let part = self.gpu.zeros("partial kernel gradients", slices * g.kernel_len());
+        let un = ConvUniform { slice_images: u(images), slices: u(slices), ..ConvUniform::new(g, grads, false) };
+        let mut first: Vec<Dispatch> = Vec::new();
+        let mut views = Vec::new();
+        for (buf, len, channels) in [(x, g.in_len(), g.in_c), (dy, g.out_len(), g.out_c)] {
+            views.push(match self.pack_rows(buf, len / channels, channels)? {
+                Some((pack, v)) => {
+                    first.push(pack);
+                    v
+                }
+                None => self.matrix_texture(1, 1)?.1,
+            });
+        }
+        let buffers = [("x4", x), ("dy4", dy), ("part4", &part)];
+        let textures = [("xtex", &views[0]), ("dytex", &views[1])];
+        let main =
+            self.k.dispatch_grid(self.gpu, "conv2d_backward_kernel_subgroup", &un, &buffers, &textures, [u(groups), u(slices), 1])?;
+        let main = first.into_iter().rev().fold(main, |d, f| d.after(f));
+        let reduce_buffers = [("grads", grads.params), ("partial_sums", &part)];
+        let reduce = self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", &un, &reduce_buffers, g.kernel_len())?;
+        Ok(main.then(reduce).keeping(part))
+    }
+
+    /// conv2d_forward_tiled on conv geometry `g`: 64 x 64 output tiles.
+    fn forward_tiled(&self, g: &ConvGeom, x: &wgpu::Buffer, w: Weights<'_>, relu: bool, bias: bool, y: &wgpu::Buffer) -> Result<Dispatch> {
+        let un = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
+        let grid = [u(g.out_c.div_ceil(64)), u((g.batch * g.out_h * g.out_w).div_ceil(64)), 1];
+        self.k.dispatch_grid(self.gpu, "conv2d_forward_tiled", &un, &[("x4", x), ("params", w.params), ("y4", y)], &[], grid)
+    }
+
+    /// conv2d_backward_input_tiled on conv geometry `g`, one dispatch per phase of the stride.
+    fn backward_input_tiled(
+        &self,
+        g: &ConvGeom,
+        dy: &wgpu::Buffer,
+        w: Weights<'_>,
+        relu: bool,
+        bias: bool,
+        dx: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
+        let s = g.stride;
+        let mut parts = Vec::new();
+        for (ry, rx) in (0..s).flat_map(|ry| (0..s).map(move |rx| (ry, rx))) {
+            let m = g.batch * g.in_h.saturating_sub(ry).div_ceil(s) * g.in_w.saturating_sub(rx).div_ceil(s);
+            if m == 0 {
+                continue;
+            }
+            let un = ConvUniform { phase_y: u(ry), phase_x: u(rx), ..un0 };
+            let buffers = [("dy4", dy), ("params", w.params), ("dx4", dx)];
+            parts.push(self.k.dispatch_grid(
+                self.gpu,
+                "conv2d_backward_input_tiled",
+                &un,
+                &buffers,
+                &[],
+                [u(g.in_c.div_ceil(64)), u(m.div_ceil(64)), 1],
+            )?);
+        }
+        let mut it = parts.into_iter();
+        let first = it.next().ok_or_else(|| anyhow::anyhow!("conv2d_backward_input_tiled: no phase has pixels"))?;
+        Ok(it.fold(first, |d, n| d.then(n)))
+    }
+
+    /// conv2d_backward_kernel_tiled on conv geometry `g`: partial sums over slices of
+    /// the batch, then their reduction in order.
+    fn backward_kernel_tiled(&self, g: &ConvGeom, x: &wgpu::Buffer, dy: &wgpu::Buffer, grads: Weights<'_>) -> Result<Dispatch> {
+        let rows = g.k_h * g.k_w * g.in_c;
+        let groups = g.out_c.div_ceil(64) * rows.div_ceil(64);
+        // At least 32 workgroups; an invocation's loops (about 24 iterations per 16
+        // pixels) stay under llvmpipe's loop budget.
+        let plane = g.out_h * g.out_w;
+        let images = g.batch.div_ceil(32usize.div_ceil(groups)).min(16 * LOOP_BUDGET / 24 / plane).max(1);
+        let slices = g.batch.div_ceil(images);
+        let part = self.gpu.zeros("partial kernel gradients", slices * g.kernel_len());
+        let un = ConvUniform { slice_images: u(images), slices: u(slices), ..ConvUniform::new(g, grads, false) };
+        let buffers = [("x4", x), ("dy4", dy), ("part4", &part)];
+        let grid = [u(g.out_c.div_ceil(64)), u(rows.div_ceil(64) * slices), 1];
+        let main = self.k.dispatch_grid(self.gpu, "conv2d_backward_kernel_tiled", &un, &buffers, &[], grid)?;
+        let reduce_buffers = [("grads", grads.params), ("partial_sums", &part)];
+        let reduce = self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", &un, &reduce_buffers, g.kernel_len())?;
+        Ok(main.then(reduce).keeping(part))
+    }
+
     pub fn conv2d_forward(&self, g: &ConvGeom, x: &wgpu::Buffer, w: Weights<'_>, relu: bool, y: &wgpu::Buffer) -> Result<Dispatch> {
-        if let Some(v4) = self.blocked(g, w.w_off) {
-            return Ok(self.forward_blocked(g, x, w, relu, true, y, v4)?.with_flops(2.0 * g.macs(false) as f64));
+        let flops = 2.0 * g.macs(false) as f64;
+        if let Some(d) = self.gemm_forward(self.family(g, w.w_off), g, x, w, relu, true, y)? {
+            return Ok(d.with_flops(flops));
         }
         let u = ConvUniform::new(g, w, relu);
-        Ok(self
-            .k
-            .dispatch(self.gpu, "conv2d_forward", &u, &[("x", x), ("params", w.params), ("y", y)], g.out_len())?
-            .with_flops(2.0 * g.macs(false) as f64))
+        Ok(self.k.dispatch(self.gpu, "conv2d_forward", &u, &[("x", x), ("params", w.params), ("y", y)], g.out_len())?.with_flops(flops))
     }
     pub fn conv2d_backward_input(&self, g: &ConvGeom, dy: &wgpu::Buffer, w: Weights<'_>, dx: &wgpu::Buffer) -> Result<Dispatch> {
-        if let Some(v4) = self.blocked(g, w.w_off) {
-            return Ok(self.backward_input_blocked(g, dy, w, false, false, dx, v4)?.with_flops(2.0 * g.macs(false) as f64));
+        let flops = 2.0 * g.macs(false) as f64;
+        if let Some(d) = self.gemm_backward_input(self.family(g, w.w_off), g, dy, w, false, false, dx)? {
+            return Ok(d.with_flops(flops));
         }
         let u = ConvUniform::new(g, w, false);
-        Ok(self
-            .k
-            .dispatch(self.gpu, "conv2d_backward_input", &u, &[("params", w.params), ("dy", dy), ("dx", dx)], g.in_len())?
-            .with_flops(2.0 * g.macs(false) as f64))
+        let buffers = [("params", w.params), ("dy", dy), ("dx", dx)];
+        Ok(self.k.dispatch(self.gpu, "conv2d_backward_input", &u, &buffers, g.in_len())?.with_flops(flops))
     }
     /// Writes the kernel gradient at `w_off` of `grads` (overwriting).
     pub fn conv2d_backward_kernel(&self, g: &ConvGeom, x: &wgpu::Buffer, dy: &wgpu::Buffer, grads: Weights<'_>) -> Result<Dispatch> {
-        if let Some(v4) = self.blocked(g, grads.w_off) {
-            if let Some(d) = self.backward_kernel_blocked(g, x, dy, grads, v4)? {
-                return Ok(d.with_flops(2.0 * g.macs(false) as f64));
-            }
+        let flops = 2.0 * g.macs(false) as f64;
+        if let Some(d) = self.gemm_backward_kernel(self.family(g, grads.w_off), g, x, dy, grads)? {
+            return Ok(d.with_flops(flops));
         }
-        Ok(self.sliced_kernel_grad("conv2d_backward_kernel", g, (g.out_h, g.out_w), x, dy, grads)?.with_flops(2.0 * g.macs(false) as f64))
+        Ok(self.sliced_kernel_grad("conv2d_backward_kernel", g, (g.out_h, g.out_w), x, dy, grads)?.with_flops(flops))
     }
 
     /// A portable kernel gradient over slices of the batch, then their reduction.
@@ -254,24 +553,24 @@ impl Ops<'_> {
         relu: bool,
         y: &wgpu::Buffer,
     ) -> Result<Dispatch> {
-        if let Some(v4) = self.blocked(&g.as_forward_conv(), w.w_off) {
-            return Ok(self.backward_input_blocked(&g.as_forward_conv(), x, w, relu, true, y, v4)?.with_flops(2.0 * g.macs(true) as f64));
+        let (flops, gf) = (2.0 * g.macs(true) as f64, g.as_forward_conv());
+        if let Some(d) = self.gemm_backward_input(self.family(&gf, w.w_off), &gf, x, w, relu, true, y)? {
+            return Ok(d.with_flops(flops));
         }
         let u = ConvUniform::new(g, w, relu);
         Ok(self
             .k
             .dispatch(self.gpu, "conv2d_transpose_forward", &u, &[("x", x), ("params", w.params), ("y", y)], g.out_len())?
-            .with_flops(2.0 * g.macs(true) as f64))
+            .with_flops(flops))
     }
     pub fn conv2d_transpose_backward_input(&self, g: &ConvGeom, dy: &wgpu::Buffer, w: Weights<'_>, dx: &wgpu::Buffer) -> Result<Dispatch> {
-        if let Some(v4) = self.blocked(&g.as_forward_conv(), w.w_off) {
-            return Ok(self.forward_blocked(&g.as_forward_conv(), dy, w, false, false, dx, v4)?.with_flops(2.0 * g.macs(true) as f64));
+        let (flops, gf) = (2.0 * g.macs(true) as f64, g.as_forward_conv());
+        if let Some(d) = self.gemm_forward(self.family(&gf, w.w_off), &gf, dy, w, false, false, dx)? {
+            return Ok(d.with_flops(flops));
         }
         let u = ConvUniform::new(g, w, false);
-        Ok(self
-            .k
-            .dispatch(self.gpu, "conv2d_transpose_backward_input", &u, &[("params", w.params), ("dy", dy), ("dx", dx)], g.in_len())?
-            .with_flops(2.0 * g.macs(true) as f64))
+        let buffers = [("params", w.params), ("dy", dy), ("dx", dx)];
+        Ok(self.k.dispatch(self.gpu, "conv2d_transpose_backward_input", &u, &buffers, g.in_len())?.with_flops(flops))
     }
     pub fn conv2d_transpose_backward_kernel(
         &self,
@@ -280,14 +579,12 @@ impl Ops<'_> {
         dy: &wgpu::Buffer,
         grads: Weights<'_>,
     ) -> Result<Dispatch> {
-        if let Some(v4) = self.blocked(&g.as_forward_conv(), grads.w_off) {
-            if let Some(d) = self.backward_kernel_blocked(&g.as_forward_conv(), dy, x, grads, v4)? {
-                return Ok(d.with_flops(2.0 * g.macs(true) as f64));
-            }
+        let (flops, gf) = (2.0 * g.macs(true) as f64, g.as_forward_conv());
+        // The adjoint Conv2D's input is this layer's output gradient, and the other way round.
+        if let Some(d) = self.gemm_backward_kernel(self.family(&gf, grads.w_off), &gf, dy, x, grads)? {
+            return Ok(d.with_flops(flops));
         }
-        Ok(self
-            .sliced_kernel_grad("conv2d_transpose_backward_kernel", g, (g.in_h, g.in_w), x, dy, grads)?
-            .with_flops(2.0 * g.macs(true) as f64))
+        Ok(self.sliced_kernel_grad("conv2d_transpose_backward_kernel", g, (g.in_h, g.in_w), x, dy, grads)?.with_flops(flops))
     }
 
     fn dense_uniform(batch: usize, inputs: usize, outputs: usize, w: Weights<'_>, relu: bool) -> DenseUniform {
@@ -301,6 +598,7 @@ impl Ops<'_> {
             ..Default::default()
         }
     }
+    #[allow(clippy::too_many_arguments)]
     pub fn dense_forward(
         &self,
         batch: usize,
@@ -311,16 +609,12 @@ impl Ops<'_> {
         relu: bool,
         y: &wgpu::Buffer,
     ) -> Result<Dispatch> {
-        if let Some(v4) = self.blocked(&ConvGeom::dense(batch, inputs, outputs), w.w_off) {
-            return Ok(self
-                .forward_blocked(&ConvGeom::dense(batch, inputs, outputs), x, w, relu, true, y, v4)?
-                .with_flops(2.0 * (batch * inputs * outputs) as f64));
+        let (flops, g) = (2.0 * (batch * inputs * outputs) as f64, ConvGeom::dense(batch, inputs, outputs));
+        if let Some(d) = self.gemm_forward(self.family(&g, w.w_off), &g, x, w, relu, true, y)? {
+            return Ok(d.with_flops(flops));
         }
         let u = Self::dense_uniform(batch, inputs, outputs, w, relu);
-        Ok(self
-            .k
-            .dispatch(self.gpu, "dense_forward", &u, &[("x", x), ("params", w.params), ("y", y)], batch * outputs)?
-            .with_flops(2.0 * (batch * inputs * outputs) as f64))
+        Ok(self.k.dispatch(self.gpu, "dense_forward", &u, &[("x", x), ("params", w.params), ("y", y)], batch * outputs)?.with_flops(flops))
     }
     pub fn dense_backward_input(
         &self,
@@ -331,16 +625,13 @@ impl Ops<'_> {
         w: Weights<'_>,
         dx: &wgpu::Buffer,
     ) -> Result<Dispatch> {
-        if let Some(v4) = self.blocked(&ConvGeom::dense(batch, inputs, outputs), w.w_off) {
-            return Ok(self
-                .backward_input_blocked(&ConvGeom::dense(batch, inputs, outputs), dy, w, false, false, dx, v4)?
-                .with_flops(2.0 * (batch * inputs * outputs) as f64));
+        let (flops, g) = (2.0 * (batch * inputs * outputs) as f64, ConvGeom::dense(batch, inputs, outputs));
+        if let Some(d) = self.gemm_backward_input(self.family(&g, w.w_off), &g, dy, w, false, false, dx)? {
+            return Ok(d.with_flops(flops));
         }
         let u = Self::dense_uniform(batch, inputs, outputs, w, false);
-        Ok(self
-            .k
-            .dispatch(self.gpu, "dense_backward_input", &u, &[("params", w.params), ("dy", dy), ("dx", dx)], batch * inputs)?
-            .with_flops(2.0 * (batch * inputs * outputs) as f64))
+        let buffers = [("params", w.params), ("dy", dy), ("dx", dx)];
+        Ok(self.k.dispatch(self.gpu, "dense_backward_input", &u, &buffers, batch * inputs)?.with_flops(flops))
     }
     pub fn dense_backward_kernel(
         &self,
@@ -351,27 +642,26 @@ impl Ops<'_> {
         dy: &wgpu::Buffer,
         grads: Weights<'_>,
     ) -> Result<Dispatch> {
-        if let Some(v4) = self.blocked(&ConvGeom::dense(batch, inputs, outputs), grads.w_off) {
-            if let Some(d) = self.backward_kernel_blocked(&ConvGeom::dense(batch, inputs, outputs), x, dy, grads, v4)? {
-                return Ok(d.with_flops(2.0 * (batch * inputs * outputs) as f64));
-            }
+        let (flops, g) = (2.0 * (batch * inputs * outputs) as f64, ConvGeom::dense(batch, inputs, outputs));
+        if let Some(d) = self.gemm_backward_kernel(self.family(&g, grads.w_off), &g, x, dy, grads)? {
+            return Ok(d.with_flops(flops));
         }
         let u = Self::dense_uniform(batch, inputs, outputs, grads, false);
-        Ok(self
-            .k
-            .dispatch(self.gpu, "dense_backward_kernel", &u, &[("x", x), ("dy", dy), ("grads", grads.params)], inputs * outputs)?
-            .with_flops(2.0 * (batch * inputs * outputs) as f64))
+        let buffers = [("x", x), ("dy", dy), ("grads", grads.params)];
+        Ok(self.k.dispatch(self.gpu, "dense_backward_kernel", &u, &buffers, inputs * outputs)?.with_flops(flops))
     }
 
     /// In place on `dy`: zero where the layer output `y` is not positive.
     pub fn relu_backward(&self, n: usize, y: &wgpu::Buffer, dy: &wgpu::Buffer) -> Result<Dispatch> {
         let u = ActUniform { rows: u(n), channels: 1, ..Default::default() };
-        self.k.dispatch(self.gpu, "relu_backward", &u, &[("y", y), ("dy", dy)], n)
+        self.k.dispatch(self.gpu, "relu_backward", &u, &[("y4", y), ("dy4", dy)], n.div_ceil(4))
     }
-    /// grads[b_off + c] = sum over rows of dy[row, c]; one workgroup per channel.
+    /// grads[b_off + c] = sum over rows of dy[row, c]; one workgroup per 4 channels
+    /// (per channel when they do not come in fours).
     pub fn bias_backward(&self, rows: usize, channels: usize, dy: &wgpu::Buffer, grads: &wgpu::Buffer, b_off: usize) -> Result<Dispatch> {
         let u = ActUniform { rows: u(rows), channels: u(channels), b_off: u(b_off), ..Default::default() };
-        self.k.dispatch_groups(self.gpu, "bias_backward", &u, &[("dy", dy), ("grads", grads)], channels)
+        let groups = if channels.is_multiple_of(4) { channels / 4 } else { channels };
+        self.k.dispatch_groups(self.gpu, "bias_backward", &u, &[("dy4", dy), ("grads", grads)], groups)
     }
 
     fn loss_uniform(batch: usize, pixels: usize, recon_scale: f32) -> LossUniform {
@@ -525,7 +815,13 @@ impl Ops<'_> {
         step: &wgpu::Buffer,
     ) -> Result<Dispatch> {
         let u = OptimUniform { n: u(n), lr: 0.0, beta1, beta2, eps, ..Default::default() };
-        self.k.dispatch(self.gpu, "adam_update", &u, &[("params", params), ("grads", grads), ("m", m), ("v", v), ("step", step)], n)
+        self.k.dispatch(
+            self.gpu,
+            "adam_update",
+            &u,
+            &[("params", params), ("grads", grads), ("m", m), ("v", v), ("step", step)],
+            n.div_ceil(4),
+        )
     }
     #[allow(clippy::too_many_arguments)]
     pub fn rmsprop_update(
@@ -539,7 +835,7 @@ impl Ops<'_> {
         v: &wgpu::Buffer,
     ) -> Result<Dispatch> {
         let u = OptimUniform { n: u(n), lr, beta1: 0.0, beta2: rho, eps, ..Default::default() };
-        self.k.dispatch(self.gpu, "rmsprop_update", &u, &[("params", params), ("grads", grads), ("v", v)], n)
+        self.k.dispatch(self.gpu, "rmsprop_update", &u, &[("params", params), ("grads", grads), ("v", v)], n.div_ceil(4))
     }
 
     /// x = the preprocessed images order[step.batch_start ..][..batch] of the packed byte set.

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use super::kernels::{Dispatch, Kernels};
 use super::network::{Network, Noise};
 use super::ops::{Ops, StepUniform, Variant};
+use super::plan::Plan;
 use super::Gpu;
 use crate::math::sigmoid;
 use crate::model::{KlKind, Model};
@@ -21,13 +22,15 @@ pub struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
-    /// A network holding `params`, for up to `cap` images at once.
-    pub fn new(gpu: &'a Gpu, kernels: &'a Kernels, model: &'a Model, params: &[f32], cap: usize, variant: Variant) -> Result<Runner<'a>> {
+    /// A network holding `params`, for up to `cap` images at once, its layers run by
+    /// the families of `plan`.
+    pub fn new(gpu: &'a Gpu, kernels: &'a Kernels, model: &'a Model, params: &[f32], cap: usize, plan: Plan) -> Result<Runner<'a>> {
         if cap == 0 {
             bail!("the runner needs room for at least one image");
         }
-        let ops = Ops { gpu, k: kernels, variant };
-        Ok(Runner { gpu, kernels, net: Network::new(ops, model, params, cap, false)?, step: gpu.uniform("step", &StepUniform::default()) })
+        let ops = Ops { gpu, k: kernels, variant: Variant::Auto };
+        let net = Network::new(ops, plan, model, params, cap, false)?;
+        Ok(Runner { gpu, kernels, net, step: gpu.uniform("step", &StepUniform::default()) })
     }
 
     pub fn model(&self) -> &'a Model {

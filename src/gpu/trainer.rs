@@ -16,6 +16,7 @@ use anyhow::{bail, Result};
 use super::kernels::{Dispatch, Kernels};
 use super::network::{Network, Noise};
 use super::ops::{Ops, StepUniform, Variant};
+use super::plan::Plan;
 use super::Gpu;
 use crate::data::Split;
 use crate::math::{adam_alpha, sigmoid};
@@ -40,8 +41,8 @@ pub struct TrainerSpec<'m, 'd> {
     pub params: &'d [f32],
     /// The latent vectors of the sample grids ([count, latent]); may be empty.
     pub fixed_z: &'d [f32],
-    /// Which kernels (`Variant::Auto`: the fastest that fit).
-    pub variant: Variant,
+    /// Which kernel family runs each op of each layer (`plan::choose`).
+    pub plan: Plan,
 }
 
 /// The prebuilt dispatch lists.
@@ -103,7 +104,7 @@ pub struct Trainer<'a> {
 impl<'a> Trainer<'a> {
     /// Upload the data and the initial state, and build every dispatch list.
     pub fn new(gpu: &'a Gpu, kernels: &'a Kernels, spec: TrainerSpec<'a, '_>) -> Result<Trainer<'a>> {
-        let TrainerSpec { model, optimizer, batch, seed, binarize, train, test, params, fixed_z, variant } = spec;
+        let TrainerSpec { model, optimizer, batch, seed, binarize, train, test, params, fixed_z, plan } = spec;
         if batch == 0 {
             bail!("the batch size must be at least 1");
         }
@@ -113,12 +114,12 @@ impl<'a> Trainer<'a> {
         let fixed_count = fixed_z.len() / model.latent;
         let cap = batch.max(fixed_count);
         check_limits(gpu, model, cap, train)?;
-        let ops = Ops { gpu, k: kernels, variant };
+        let ops = Ops { gpu, k: kernels, variant: Variant::Auto };
         let identity: Vec<u32> = (0..test.len() as u32).collect();
         let mut t = Trainer {
             gpu,
             kernels,
-            net: Network::new(ops, model, params, cap, true)?,
+            net: Network::new(ops, plan, model, params, cap, true)?,
             opt: optimizer,
             batch,
             rng: Rng::new(seed),
@@ -312,17 +313,16 @@ impl<'a> Trainer<'a> {
         Ok(g)
     }
 
-    /// Time every dispatch of one training step (step `j` of the current epoch) with
-    /// timestamp queries; None without `TIMESTAMP_QUERY`. Advances the training state.
-    pub fn profile_train_step(&mut self, j: usize) -> Result<Option<Vec<KernelTime>>> {
+    /// Time every dispatch of one training step (step `j` of the current epoch), and
+    /// say how (`kernels::profile_checked`). Advances the training state.
+    pub fn profile_train_step(&mut self, j: usize) -> Result<(Vec<KernelTime>, &'static str)> {
         self.finish()?;
         self.write_train_step(j);
         let list = &self.lists[List::TrainFull as usize];
-        let times = super::kernels::profile(self.gpu, self.kernels, list)?;
+        let (times, how) = super::kernels::profile_checked(self.gpu, self.kernels, list)?;
         self.step += 1;
-        Ok(times.map(|t| {
-            list.iter().zip(t).map(|(d, ns)| KernelTime { entry: d.entry.clone(), label: d.label.clone(), flops: d.flops, ns }).collect()
-        }))
+        let rows = list.iter().zip(times).map(|(d, ns)| KernelTime { entry: d.entry.clone(), label: d.label.clone(), flops: d.flops, ns });
+        Ok((rows.collect(), how))
     }
 
     /// Counted floating-point work of one full training step.

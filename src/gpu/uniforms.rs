@@ -54,8 +54,14 @@ uniform! {
         /// Split kernel gradients: images per slice of the batch, and the slice count.
         slice_images: u32,
         slices: u32,
+        /// Input-gradient kernels by phase: the residues mod stride of the fine-side
+        /// rows and columns a dispatch computes.
+        phase_y: u32,
+        phase_x: u32,
         _p0: u32,
         _p1: u32,
+        _p2: u32,
+        _p3: u32,
     }
 }
 

@@ -1,0 +1,429 @@
+// Convolution kernels for adapters with 8-lane subgroups (lavapipe, the software
+// Vulkan driver, on a 256-bit host), where a storage load costs far more than
+// arithmetic and a texture load is vectorised. Offered only where the adapter has
+// `Features::SUBGROUP` with subgroups of exactly 8 (src/gpu/plan.rs checks).
+//
+// Each op is an implicit GEMM, out[m, n] = sum over k of a[m, k] * b[k, n], never
+// materialised. A subgroup's 8 lanes own 8 vec4 columns of n (32 output channels);
+// an invocation holds 32 rows (m) x 4 columns in registers. Per 32 steps of k each
+// lane loads ONE vec4 of a per row, and subgroupBroadcast hands every lane the other
+// lanes' values: one storage load feeds 32 multiply-adds per row. The weights come
+// through a texture (textureLoad is a vector gather in llvmpipe), packed once per
+// step from the flat parameter buffer by pack_weights / pack_weights_transposed.
+// No invocation returns early: subgroupBroadcast needs every lane; indices are
+// clamped and only stores are guarded.
+//
+// Like blocked.wgsl, the three ops serve Conv2D, Conv2DTranspose (through the adjoint
+// Conv2D) and Dense (a 1x1 Conv2D) alike; the geometry below is the Conv2D's: x is the
+// fine side [B, H, W, C], y the coarse side [B, OH, OW, F], kernel [kh, kw, C, F].
+// `//#unroll NAME N` repeats lines N times with {NAME} = 0..N-1 (src/gpu/kernels.rs).
+
+@group(0) @binding(0) var<uniform> p: Conv;
+@group(0) @binding(1) var<storage, read> params: array<f32>;
+@group(0) @binding(2) var wtex: texture_2d<f32>;
+@group(0) @binding(3) var wtex_out: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(4) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> dy4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> y4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> dx4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> part4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> rows4: array<vec4<f32>>;
+@group(0) @binding(10) var xtex: texture_2d<f32>;
+@group(0) @binding(11) var dytex: texture_2d<f32>;
+
+// Every texture here holds a matrix of vec4 rows, folded into column blocks of FOLD
+// rows (a texture side is at most 8192): FOLD is a power of two, so a lane finds its
+// texel with a shift and a mask (src/gpu/ops.rs: TEXTURE_FOLD).
+const FOLD_SHIFT: u32 = 12u;
+const FOLD: u32 = 4096u;
+
+// The texel of row k, vec4 column c4 of a folded matrix with `cols4` vec4 columns.
+fn texel(k: u32, c4: u32, cols4: u32) -> vec2<u32> {
+    return vec2<u32>(c4 + cols4 * (k >> FOLD_SHIFT), k & (FOLD - 1u));
+}
+
+// Scalar views of the vec4 arrays (buffers are padded to 16 bytes).
+fn x_at(i: u32) -> f32 { return x4[i / 4u][i % 4u]; }
+fn dy_at(i: u32) -> f32 { return dy4[i / 4u][i % 4u]; }
+
+// Bias (when p.bias != 0) and ReLU (when p.relu != 0) of channels 4 c4 .. 4 c4 + 4 of `n`.
+fn finish(acc: vec4<f32>, c4: u32, n: u32) -> vec4<f32> {
+    var v = acc;
+    if p.bias != 0u {
+        let c = 4u * c4;
+        v += vec4<f32>(params[p.b_off + min(c, n - 1u)], params[p.b_off + min(c + 1u, n - 1u)],
+                       params[p.b_off + min(c + 2u, n - 1u)], params[p.b_off + min(c + 3u, n - 1u)]);
+    }
+    if p.relu != 0u { v = max(v, vec4<f32>(0.0)); }
+    return v;
+}
+
+// Bindings: p, params, wtex_out. Grid: one invocation per texel.
+// One invocation: texel (k, f4) of the kernel as a K x F matrix (row k = tap * C + c),
+// K = kh * kw * C: what conv2d_forward_subgroup multiplies by.
+@compute @workgroup_size(WG)
+fn pack_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let f4s = (p.out_c + 3u) / 4u;
+    let rows = p.k_h * p.k_w * p.in_c;
+    let idx = linear_id(wid, nwg, lid);
+    if idx >= rows * f4s { return; }
+    let k = idx / f4s;
+    let f = 4u * (idx % f4s);
+    var v = vec4<f32>(0.0);
+    for (var q = 0u; q < 4u; q++) {
+        if f + q < p.out_c { v[q] = params[p.w_off + k * p.out_c + f + q]; }
+    }
+    textureStore(wtex_out, texel(k, idx % f4s, f4s), v);
+}
+
+// Bindings: p, params, wtex_out. Grid: one invocation per texel.
+// One invocation: texel (k, c4) of the kernel as a (kh * kw * F) x C matrix (row
+// k = tap * F + f): what conv2d_backward_input_subgroup multiplies by.
+@compute @workgroup_size(WG)
+fn pack_weights_transposed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let c4s = (p.in_c + 3u) / 4u;
+    let rows = p.k_h * p.k_w * p.out_c;
+    let idx = linear_id(wid, nwg, lid);
+    if idx >= rows * c4s { return; }
+    let k = idx / c4s;
+    let tap = k / p.out_c;
+    let f = k % p.out_c;
+    let c = 4u * (idx % c4s);
+    var v = vec4<f32>(0.0);
+    for (var q = 0u; q < 4u; q++) {
+        if c + q < p.in_c { v[q] = params[p.w_off + (tap * p.in_c + c + q) * p.out_c + f]; }
+    }
+    textureStore(wtex_out, texel(k, idx % c4s, c4s), v);
+}
+
+// Bindings: p, rows4, wtex_out. Grid: one invocation per texel.
+// One invocation: texel (r, c4) of an activation of p.batch rows of p.in_c vec4s (pixels
+// x channels), so the GEMM kernels read it through a texture (a vector gather in
+// llvmpipe) instead of per-lane storage loads.
+@compute @workgroup_size(WG)
+fn pack_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let idx = linear_id(wid, nwg, lid);
+    if idx >= p.batch * p.in_c { return; }
+    textureStore(wtex_out, texel(idx / p.in_c, idx % p.in_c, p.in_c), rows4[idx]);
+}
+
+// Row `m` of im2col(x) at reduction index 4 kq .. 4 kq + 4, for the output pixel whose
+// window starts at (iy0, ix0) of the image starting at row bh. `lane_tap` is this
+// lane's (ti, tj, c4) when C % 4 == 0 (one vec4 load); otherwise four scalars.
+fn gather_x(bh: u32, iy0: i32, ix0: i32, kq: u32, lane_tap: vec3<u32>) -> vec4<f32> {
+    let k_total = p.k_h * p.k_w * p.in_c;
+    if p.in_c % 4u == 0u {
+        let iy = iy0 + i32(lane_tap.x);
+        let ix = ix0 + i32(lane_tap.y);
+        let ok = 4u * kq < k_total && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+        let pix = select(0u, (bh + u32(iy)) * p.in_w + u32(ix), ok);
+        return select(vec4<f32>(0.0), textureLoad(xtex, texel(pix, lane_tap.z, p.in_c / 4u), 0), ok);
+    }
+    var v = vec4<f32>(0.0);
+    for (var q = 0u; q < 4u; q++) {
+        let k = 4u * kq + q;
+        let tap = k / p.in_c;
+        let iy = iy0 + i32(tap / p.k_w);
+        let ix = ix0 + i32(tap % p.k_w);
+        let ok = k < k_total && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+        let idx = ((bh + u32(iy)) * p.in_w + u32(ix)) * p.in_c + k % p.in_c;
+        v[q] = select(0.0, x_at(select(0u, idx, ok)), ok);
+    }
+    return v;
+}
+
+// Store vec4 column c4 of output row m (of `n` channels), when inside.
+fn store_y(m: u32, m_total: u32, c4: u32, n: u32, v: vec4<f32>) {
+    if m >= m_total || 4u * c4 >= n { return; }
+    if n % 4u == 0u {
+        y4[m * (n / 4u) + c4] = v;
+        return;
+    }
+    for (var q = 0u; q < 4u; q++) {
+        let i = m * n + 4u * c4 + q;
+        if 4u * c4 + q < n { y4[i / 4u][i % 4u] = v[q]; }
+    }
+}
+
+// Bindings: p, x4, wtex, params, y4. Grid: (ceil(F / 32), ceil(B * OH * OW / 128))
+// workgroups of 4 subgroups; subgroup s of workgroup (gx, gy) owns output pixels
+// 32 (4 gy + s) .. +32, its lane l channels 4 (8 gx + l) .. +4.
+// One invocation: y = act(bias + im2col(x) kernel) for its 32 pixels x 4 channels.
+@compute @workgroup_size(32)
+fn conv2d_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let f4s = (p.out_c + 3u) / 4u;
+    let m_total = p.batch * p.out_h * p.out_w;
+    let k_total = p.k_h * p.k_w * p.in_c;
+    let kq_total = (k_total + 3u) / 4u;
+    let col = wg.x * 8u + li % 8u;
+    let f4 = min(col, f4s - 1u);
+    let r0 = (wg.y * 4u + li / 8u) * 32u;
+    //#unroll I 32
+    let m{I} = min(r0 + {I}u, m_total - 1u);
+    let bh{I} = m{I} / (p.out_h * p.out_w) * p.in_h;
+    let iy{I} = i32((m{I} / p.out_w) % p.out_h * p.stride) - i32(p.pad_top);
+    let ix{I} = i32(m{I} % p.out_w * p.stride) - i32(p.pad_left);
+    var acc{I} = vec4<f32>(0.0);
+    //#end
+    for (var k0 = 0u; k0 < kq_total; k0 += 8u) {
+        // This lane's vec4 of the reduction: tap (ti, tj) and channel block c4.
+        let kq = k0 + lane;
+        let c4s = max(p.in_c / 4u, 1u);
+        let tap = kq / c4s;
+        let lane_tap = vec3<u32>(tap / p.k_w, tap % p.k_w, kq % c4s);
+        //#unroll I 32
+        let a{I} = gather_x(bh{I}, iy{I}, ix{I}, kq, lane_tap);
+        //#end
+        //#unroll J 8
+        //#unroll C 4
+        let b{J}{C} = textureLoad(wtex, texel(min(4u * (k0 + {J}u) + {C}u, k_total - 1u), f4, f4s), 0);
+        //#unroll I 32
+        acc{I} = fma(vec4<f32>(subgroupBroadcast(a{I}[{C}], {J}u)), b{J}{C}, acc{I});
+        //#end
+        //#end
+        //#end
+    }
+    //#unroll I 32
+    store_y(r0 + {I}u, m_total, col, p.out_c, finish(acc{I}, f4, p.out_c));
+    //#end
+}
+
+// Row m' of the input gradient's A operand at reduction index 4 kq .. 4 kq + 4: dy at
+// the coarse pixel (oy0 - ti, ox0 - tj) that this phase's tap (ti, tj) reaches from
+// m', channels 4 f4 .. +4 (F % 4 == 0), or four scalars (t, f) otherwise.
+fn gather_dy(bo: u32, oy0: i32, ox0: i32, kq: u32, lane_tap: vec3<u32>, taps: vec2<u32>) -> vec4<f32> {
+    let k_total = taps.x * taps.y * p.out_c;
+    if p.out_c % 4u == 0u {
+        let oy = oy0 - i32(lane_tap.x);
+        let ox = ox0 - i32(lane_tap.y);
+        let ok = 4u * kq < k_total && oy >= 0 && oy < i32(p.out_h) && ox >= 0 && ox < i32(p.out_w);
+        let pix = select(0u, (bo + u32(oy)) * p.out_w + u32(ox), ok);
+        return select(vec4<f32>(0.0), textureLoad(dytex, texel(pix, lane_tap.z, p.out_c / 4u), 0), ok);
+    }
+    var v = vec4<f32>(0.0);
+    for (var q = 0u; q < 4u; q++) {
+        let k = 4u * kq + q;
+        let t = k / p.out_c;
+        let oy = oy0 - i32(t / taps.y);
+        let ox = ox0 - i32(t % taps.y);
+        let ok = k < k_total && oy >= 0 && oy < i32(p.out_h) && ox >= 0 && ox < i32(p.out_w);
+        let idx = ((bo + u32(oy)) * p.out_w + u32(ox)) * p.out_c + k % p.out_c;
+        v[q] = select(0.0, dy_at(select(0u, idx, ok)), ok);
+    }
+    return v;
+}
+
+// Store vec4 column c4 of input-gradient row (b, iy, ix), when inside.
+fn store_dx(b: u32, iy: u32, ix: u32, ok: bool, c4: u32, v: vec4<f32>) {
+    if !ok || 4u * c4 >= p.in_c { return; }
+    let m = (b * p.in_h + iy) * p.in_w + ix;
+    if p.in_c % 4u == 0u {
+        dx4[m * (p.in_c / 4u) + c4] = v;
+        return;
+    }
+    for (var q = 0u; q < 4u; q++) {
+        let i = m * p.in_c + 4u * c4 + q;
+        if 4u * c4 + q < p.in_c { dx4[i / 4u][i % 4u] = v[q]; }
+    }
+}
+
+// The fine-side rows and columns of one phase: iy = phase_y + stride * qy. Their taps
+// are i = i0 + stride * ti, and they reach coarse row oy = ey + qy - ti.
+struct Phase { n: vec2<u32>, taps: vec2<u32>, i0: vec2<u32>, e: vec2<u32> }
+
+fn phase() -> Phase {
+    let s = p.stride;
+    let r = vec2<u32>(p.phase_y, p.phase_x);
+    let len = vec2<u32>(p.in_h, p.in_w);
+    let kern = vec2<u32>(p.k_h, p.k_w);
+    let pad = vec2<u32>(p.pad_top, p.pad_left);
+    let n = select(vec2<u32>(0u), (len - r + s - 1u) / s, r < len);
+    let i0 = (r + pad) % s;
+    let taps = select(vec2<u32>(0u), (kern - i0 + s - 1u) / s, i0 < kern);
+    return Phase(n, taps, i0, (r + pad) / s);
+}
+
+// The transposed texture's row of this phase's reduction index 4 kq (F % 4 == 0):
+// tap t = kq / (F / 4) of the phase, channel 4 (kq % (F / 4)).
+fn weight_row_t(kq: u32, ph: Phase) -> u32 {
+    let f4s = max(p.out_c / 4u, 1u);
+    let t = kq / f4s;
+    let tap = (ph.i0.x + p.stride * (t / ph.taps.y)) * p.k_w + ph.i0.y + p.stride * (t % ph.taps.y);
+    return tap * p.out_c + 4u * (kq % f4s);
+}
+
+// The same for reduction index k when F % 4 != 0.
+fn weight_row_t_scalar(k: u32, ph: Phase) -> u32 {
+    let t = k / p.out_c;
+    let tap = (ph.i0.x + p.stride * (t / ph.taps.y)) * p.k_w + ph.i0.y + p.stride * (t % ph.taps.y);
+    return tap * p.out_c + k % p.out_c;
+}
+
+// Bindings: p, dy4, wtex (packed by pack_weights_transposed), params, dx4. Grid:
+// (ceil(C / 32), ceil(B * rows * cols of the phase / 128)) workgroups; one dispatch per
+// phase (p.phase_y, p.phase_x) of the stride, so every row of an invocation meets the
+// same taps. Rows and lanes as conv2d_forward_subgroup.
+// One invocation: dx = act(bias + sum over the phase's taps and f of dy * kernel) for
+// its 32 fine-side pixels x 4 channels (bias and ReLU serve Conv2DTranspose's forward).
+@compute @workgroup_size(32)
+fn conv2d_backward_input_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let ph = phase();
+    let c4s = (p.in_c + 3u) / 4u;
+    let m_total = p.batch * ph.n.x * ph.n.y;
+    let k_total = ph.taps.x * ph.taps.y * p.out_c;
+    let kq_total = (k_total + 3u) / 4u;
+    let col = wg.x * 8u + li % 8u;
+    let c4 = min(col, c4s - 1u);
+    let r0 = (wg.y * 4u + li / 8u) * 32u;
+    //#unroll I 32
+    let m{I} = min(r0 + {I}u, m_total - 1u);
+    let b{I} = m{I} / (ph.n.x * ph.n.y);
+    let qy{I} = (m{I} / ph.n.y) % ph.n.x;
+    let qx{I} = m{I} % ph.n.y;
+    let bo{I} = b{I} * p.out_h;
+    let oy{I} = i32(ph.e.x + qy{I});
+    let ox{I} = i32(ph.e.y + qx{I});
+    var acc{I} = vec4<f32>(0.0);
+    //#end
+    for (var k0 = 0u; k0 < kq_total; k0 += 8u) {
+        let kq = k0 + lane;
+        let f4s = max(p.out_c / 4u, 1u);
+        let t = kq / f4s;
+        let lane_tap = vec3<u32>(t / max(ph.taps.y, 1u), t % max(ph.taps.y, 1u), kq % f4s);
+        //#unroll I 32
+        let a{I} = gather_dy(bo{I}, oy{I}, ox{I}, kq, lane_tap, ph.taps);
+        //#end
+        //#unroll J 8
+        let row{J} = weight_row_t(min(k0 + {J}u, kq_total - 1u), ph);
+        //#unroll C 4
+        var r{J}{C} = row{J} + {C}u;
+        if p.out_c % 4u != 0u { r{J}{C} = weight_row_t_scalar(min(4u * (k0 + {J}u) + {C}u, k_total - 1u), ph); }
+        let b{J}{C} = textureLoad(wtex, texel(r{J}{C}, c4, c4s), 0);
+        //#unroll I 32
+        acc{I} = fma(vec4<f32>(subgroupBroadcast(a{I}[{C}], {J}u)), b{J}{C}, acc{I});
+        //#end
+        //#end
+        //#end
+    }
+    //#unroll I 32
+    store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, col, finish(acc{I}, c4, p.in_c));
+    //#end
+}
+
+// Where output pixel m's window starts: (first row of its image, row, column).
+fn window(m: u32) -> vec3<i32> {
+    let bh = m / (p.out_h * p.out_w) * p.in_h;
+    let iy0 = i32((m / p.out_w) % p.out_h * p.stride) - i32(p.pad_top);
+    let ix0 = i32(m % p.out_w * p.stride) - i32(p.pad_left);
+    return vec3<i32>(i32(bh), iy0, ix0);
+}
+
+// Rows 4 k4 .. 4 k4 + 4 of im2col(x)^T at the output pixel with window `w`: x at the
+// pixel those kernel rows (tap, c) meet, four channels of one tap (C % 4 == 0) or
+// four (tap, c) pairs.
+fn gather_xt(w: vec3<i32>, ok_m: bool, k4: u32) -> vec4<f32> {
+    let k_total = p.k_h * p.k_w * p.in_c;
+    let bh = u32(w.x);
+    if p.in_c % 4u == 0u {
+        let tap = 4u * k4 / p.in_c;
+        let iy = w.y + i32(tap / p.k_w);
+        let ix = w.z + i32(tap % p.k_w);
+        let ok = ok_m && 4u * k4 < k_total && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+        let pix = select(0u, (bh + u32(iy)) * p.in_w + u32(ix), ok);
+        return select(vec4<f32>(0.0), textureLoad(xtex, texel(pix, k4 % (p.in_c / 4u), p.in_c / 4u), 0), ok);
+    }
+    var v = vec4<f32>(0.0);
+    for (var q = 0u; q < 4u; q++) {
+        let k = 4u * k4 + q;
+        let tap = k / p.in_c;
+        let iy = w.y + i32(tap / p.k_w);
+        let ix = w.z + i32(tap % p.k_w);
+        let ok = ok_m && k < k_total && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+        let idx = ((bh + u32(iy)) * p.in_w + u32(ix)) * p.in_c + k % p.in_c;
+        v[q] = select(0.0, x_at(select(0u, idx, ok)), ok);
+    }
+    return v;
+}
+
+// dy at output pixel m, channels 4 f4 .. +4 (zero past m_end or past F).
+fn dy_row(m: u32, m_end: u32, f4: u32) -> vec4<f32> {
+    let mc = min(m, m_end - 1u);
+    var v = vec4<f32>(0.0);
+    if p.out_c % 4u == 0u {
+        v = textureLoad(dytex, texel(mc, f4, p.out_c / 4u), 0);
+    } else {
+        for (var q = 0u; q < 4u; q++) {
+            if 4u * f4 + q < p.out_c { v[q] = dy_at(mc * p.out_c + 4u * f4 + q); }
+        }
+    }
+    return select(vec4<f32>(0.0), v, m < m_end);
+}
+
+// Store partial sums of kernel row k, channels 4 c4 .. +4, of batch slice `slice`.
+fn store_part(slice: u32, k: u32, c4: u32, v: vec4<f32>) {
+    let k_total = p.k_h * p.k_w * p.in_c;
+    if k >= k_total || 4u * c4 >= p.out_c { return; }
+    let row = slice * k_total + k;
+    if p.out_c % 4u == 0u {
+        part4[row * (p.out_c / 4u) + c4] = v;
+        return;
+    }
+    for (var q = 0u; q < 4u; q++) {
+        let i = row * p.out_c + 4u * c4 + q;
+        if 4u * c4 + q < p.out_c { part4[i / 4u][i % 4u] = v[q]; }
+    }
+}
+
+// Bindings: p, x4, dy4, part4. Grid: (ceil(blocks / 4), slices) workgroups of 4
+// subgroups, where the kernel's K x F (K = kh * kw * C) is cut into blocks of 32 rows
+// x 32 channels; subgroup s of workgroup gx takes block 4 gx + s (row block fastest),
+// its lane l 4 channels of that block.
+// One invocation: part[slice][k, f] = sum over the slice's output pixels m of
+// im2col(x)[m, k] * dy[m, f] for its 32 kernel rows x 4 channels. Per 8 pixels each lane
+// loads 8 vec4 of x (one pixel each, broadcast to the others) and 8 of dy.
+// conv2d_backward_kernel_reduce (conv2d.wgsl) adds the slices in order.
+@compute @workgroup_size(32)
+fn conv2d_backward_kernel_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let k_total = p.k_h * p.k_w * p.in_c;
+    let f4s = (p.out_c + 3u) / 4u;
+    let row_blocks = (k_total + 31u) / 32u;
+    let blocks = row_blocks * ((f4s + 7u) / 8u);
+    // Past the last block an invocation repeats the last one and stores nothing.
+    let block = min(wg.x * 4u + li / 8u, blocks - 1u);
+    let stores = wg.x * 4u + li / 8u < blocks;
+    let slice = wg.y;
+    let col = block / row_blocks * 8u + li % 8u;
+    let f4 = min(col, f4s - 1u);
+    let r0 = block % row_blocks * 32u;
+    let plane = p.out_h * p.out_w;
+    let m_begin = slice * p.slice_images * plane;
+    let m_end = min((slice + 1u) * p.slice_images, p.batch) * plane;
+    //#unroll G 8
+    //#unroll C 4
+    var acc{G}{C} = vec4<f32>(0.0);
+    //#end
+    //#end
+    for (var m0 = m_begin; m0 < m_end; m0 += 8u) {
+        let m = m0 + lane;
+        let w = window(min(m, m_end - 1u));
+        //#unroll G 8
+        let a{G} = gather_xt(w, m < m_end, r0 / 4u + {G}u);
+        //#end
+        //#unroll J 8
+        let d{J} = dy_row(m0 + {J}u, m_end, f4);
+        //#unroll G 8
+        let s{J}{G} = subgroupBroadcast(a{G}, {J}u);
+        //#unroll C 4
+        acc{G}{C} = fma(vec4<f32>(s{J}{G}[{C}]), d{J}, acc{G}{C});
+        //#end
+        //#end
+        //#end
+    }
+    if stores {
+        //#unroll G 8
+        //#unroll C 4
+        store_part(slice, r0 + 4u * {G}u + {C}u, col, acc{G}{C});
+        //#end
+        //#end
+    }
+}
