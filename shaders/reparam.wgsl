@@ -3,6 +3,9 @@
 
 struct Reparam {
     batch: u32, latent: u32, key0: u32, key1: u32,
+    // 1: the noise of row b is indexed by its image, step.batch_start + b (cvae eval);
+    // 0: by the row (training, whose step counter already names the batch).
+    by_image: u32, _p0: u32, _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Reparam;
@@ -13,14 +16,16 @@ struct Reparam {
 @group(0) @binding(5) var<storage, read_write> bits: array<vec4<u32>>;
 
 // Bindings: p, enc, z, eps, step. Grid: one invocation per latent value of the batch.
-// One invocation: eps[b, l] = normal(key, step.step, b * latent + l); z from enc's mean and log-variance.
+// One invocation: eps[b, l] = normal(key, step.step, index), the index b * latent + l, or
+// (step.batch_start + b) * latent + l by image; z from enc's mean and log-variance.
 @compute @workgroup_size(WG)
 fn reparameterize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
     if i >= p.batch * p.latent { return; }
     let b = i / p.latent;
     let l = i % p.latent;
-    let e = rng_normal(vec2<u32>(p.key0, p.key1), step.step, i);
+    let index = select(i, (step.batch_start + b) * p.latent + l, p.by_image != 0u);
+    let e = rng_normal(vec2<u32>(p.key0, p.key1), step.step, index);
     let m = enc[b * 2u * p.latent + l];
     let lv = enc[b * 2u * p.latent + p.latent + l];
     eps[i] = e;

@@ -268,8 +268,8 @@ fn time_training(trainer: &mut Trainer<'_>, batch: usize, steps: usize, reps: us
     Ok(t)
 }
 
-/// Images/s of the forward pass with its loss terms over the test images, through
-/// the `Runner` that `cvae eval` uses, once per repetition.
+/// Images/s of `cvae eval` with one sample (encode, draw, decode, loss terms) over the
+/// test images, through the `Runner` it uses, once per repetition.
 #[allow(clippy::too_many_arguments)]
 fn time_evaluation(
     gpu: &Gpu,
@@ -283,13 +283,11 @@ fn time_evaluation(
 ) -> Result<Vec<f64>> {
     let mut runner = Runner::new(gpu, kernels, model, params, batch, plan.clone())?;
     let x = test.to_f32(true);
-    let rng = crate::rng::Rng::new(0);
+    let key = crate::rng::Rng::new(0).key(crate::rng::Stream::Importance);
     let mut eval = Vec::new();
-    for r in 0..reps {
+    for _ in 0..reps {
         let t0 = Instant::now();
-        for chunk in x.chunks(batch * model.image.len()) {
-            runner.sample_terms(chunk, &rng, r as u32)?;
-        }
+        runner.importance_terms(&x, 0, 1, key, &mut |_| {})?;
         eval.push(test.len() as f64 / t0.elapsed().as_secs_f64());
     }
     Ok(eval)

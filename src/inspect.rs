@@ -11,12 +11,12 @@ use serde::Serialize;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{Dataset, Split};
 use crate::gpu::kernels::Kernels;
-use crate::gpu::runner::Runner;
+use crate::gpu::runner::{ImageTerms, Runner};
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::images;
 use crate::model::{Model, Shape};
 use crate::rng::{Rng, Stream};
-use crate::stats::{linspace, logsumexp, normal_quantile, pca2};
+use crate::stats::{linspace, normal_quantile, pca2};
 
 /// A loaded checkpoint with a device to run it on.
 pub struct Session {
@@ -292,49 +292,116 @@ pub fn interp(a: &[f32], b: &[f32], u: f32, slerp: bool) -> Vec<f32> {
     a.iter().zip(b).map(|(x, y)| (1.0 - u) * x + u * y).collect()
 }
 
+/// What `cvae eval` reports. Every estimate is a mean over the test images of each
+/// image's own estimate (itself a mean over its samples), and carries the standard
+/// error of that mean: the sample standard deviation of the per-image estimates over
+/// the square root of the image count. It covers the noise of the samples and the
+/// spread between images, so two estimates from different noise (or an independent
+/// implementation on the same images) should agree within about two of them.
 #[derive(Serialize, Debug)]
 pub struct EvalReport {
     pub test_images: usize,
-    /// Single-sample ELBO, as the training program reports it (nats per image).
-    pub elbo: f64,
-    /// E[-log p(x|z)] of that sample.
-    pub reconstruction: f64,
-    /// E[log q(z|x) - log p(z)] of that sample.
-    pub kl: f64,
-    /// Importance-weighted estimate of log p(x) with `samples` samples.
-    pub log_px: f64,
+    /// Importance samples per image.
     pub samples: usize,
+    /// The seed of the noise (stream Importance: sample k, the image's place).
+    pub seed: u64,
+    /// The single-sample ELBO the training program prints, averaged over the samples
+    /// (nats per image): -reconstruction - kl.
+    pub elbo: f64,
+    pub elbo_se: f64,
+    /// -log p(x|z) at the sampled z.
+    pub reconstruction: f64,
+    pub reconstruction_se: f64,
+    /// log q(z|x) - log p(z) at the sampled z: the Monte Carlo KL of the training loss.
+    pub kl: f64,
+    pub kl_se: f64,
+    /// KL(q(z|x) || p(z)) in closed form: exact given the encoder (no sampling noise).
+    pub kl_closed_form: f64,
+    pub kl_closed_form_se: f64,
+    /// The ELBO with the closed-form KL: -reconstruction - kl_closed_form.
+    pub elbo_closed_form_kl: f64,
+    pub elbo_closed_form_kl_se: f64,
+    /// The importance-weighted bound on log p(x) with `samples` samples (IWAE; the ELBO
+    /// for 1 sample, tighter as the samples grow).
+    pub log_px: f64,
+    pub log_px_se: f64,
+    /// Wall-clock seconds of the evaluation.
+    pub seconds: f64,
 }
 
-/// `cvae eval`: the test-set ELBO and an importance-weighted log p(x).
-pub fn evaluate(s: &Session, samples: usize, data_dir: Option<&Path>, limit: Option<usize>) -> Result<EvalReport> {
+/// The mean of `v` and its standard error (sample standard deviation / sqrt(n)).
+pub fn mean_se(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return (mean, f64::NAN);
+    }
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
+/// `cvae eval`: the test-set ELBO with its two terms and the closed-form KL, and the
+/// importance-weighted log p(x) with `samples` samples, each with its standard error.
+pub fn evaluate(
+    s: &Session,
+    samples: usize,
+    seed: u64,
+    data_dir: Option<&Path>,
+    limit: Option<usize>,
+    show_progress: bool,
+) -> Result<EvalReport> {
+    let test = s.test_split(data_dir, limit)?;
+    evaluate_images(s, &test.to_f32(s.ck.config.binarize), samples, seed, show_progress)
+}
+
+/// `evaluate` on preprocessed images `x` (image i is at place i of the set).
+pub fn evaluate_images(s: &Session, x: &[f32], samples: usize, seed: u64, show_progress: bool) -> Result<EvalReport> {
     if samples == 0 {
         bail!("--samples must be at least 1");
     }
-    let test = s.test_split(data_dir, limit)?;
-    let x = test.to_f32(s.ck.config.binarize);
-    let pixels = s.model.image.len();
-    let cap = 100.min(test.len());
-    let mut t = s.runner(cap)?;
-    let rng = Rng::new(s.ck.config.seed);
-    let (mut elbo, mut rec, mut kl, mut logpx) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-    for chunk in x.chunks(cap * pixels) {
-        let n = chunk.len() / pixels;
-        let mut logw = vec![Vec::with_capacity(samples); n];
-        for k in 0..samples {
-            let (ce, klk) = t.sample_terms(chunk, &rng, k as u32).context("evaluating a batch")?;
-            for i in 0..n {
-                let w = -(ce[i] as f64) - klk[i] as f64;
-                if k == 0 {
-                    elbo += w;
-                    rec += ce[i] as f64;
-                    kl += klk[i] as f64;
-                }
-                logw[i].push(w);
-            }
-        }
-        logpx += logw.iter().map(|w| logsumexp(w) - (samples as f64).ln()).sum::<f64>();
+    let images = x.len() / s.model.image.len();
+    let t0 = std::time::Instant::now();
+    let mut t = s.runner(100.min(images).max(1))?;
+    let bar = progress_bar(show_progress, (images * samples) as u64);
+    let key = Rng::new(seed).key(Stream::Importance);
+    let terms = t.importance_terms(x, 0, samples, key, &mut |n| bar.inc(n as u64)).context("evaluating the test images")?;
+    bar.finish_and_clear();
+    let stat = |f: &dyn Fn(&ImageTerms) -> f64| mean_se(&terms.iter().map(f).collect::<Vec<_>>());
+    let (elbo, elbo_se) = stat(&|t| t.elbo());
+    let (reconstruction, reconstruction_se) = stat(&|t| t.reconstruction());
+    let (kl, kl_se) = stat(&|t| t.kl());
+    let (kl_closed_form, kl_closed_form_se) = stat(&|t| t.kl_closed);
+    let (elbo_closed_form_kl, elbo_closed_form_kl_se) = stat(&|t| -t.reconstruction() - t.kl_closed);
+    let (log_px, log_px_se) = stat(&|t| t.log_px());
+    Ok(EvalReport {
+        test_images: images,
+        samples,
+        seed,
+        elbo,
+        elbo_se,
+        reconstruction,
+        reconstruction_se,
+        kl,
+        kl_se,
+        kl_closed_form,
+        kl_closed_form_se,
+        elbo_closed_form_kl,
+        elbo_closed_form_kl_se,
+        log_px,
+        log_px_se,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// A progress bar with decodings/s and ETA on a terminal; hidden otherwise.
+fn progress_bar(show: bool, len: u64) -> indicatif::ProgressBar {
+    if !show || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
     }
-    let m = test.len() as f64;
-    Ok(EvalReport { test_images: test.len(), elbo: elbo / m, reconstruction: rec / m, kl: kl / m, log_px: logpx / m, samples })
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template("evaluating [{bar:30}] {pos}/{len} image samples, {per_sec}, ETA {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar
 }

@@ -256,9 +256,12 @@ struct EvalArgs {
     run: PathBuf,
     #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
     adapter: AdapterChoice,
-    /// Importance samples per image for log p(x).
+    /// Importance samples per image for log p(x) (the literature uses up to 5,000).
     #[arg(long, default_value_t = 100)]
     samples: usize,
+    /// Fixes the noise of the samples.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Use only the first N test images.
     #[arg(long)]
     test_size: Option<usize>,
@@ -339,14 +342,22 @@ fn data(data_dir: Option<PathBuf>) -> Result<ExitCode> {
 
 fn eval(a: EvalArgs) -> Result<ExitCode> {
     let s = inspect::Session::open(&a.run, a.adapter)?;
-    let r = inspect::evaluate(&s, a.samples, a.data_dir.as_deref(), a.test_size)?;
+    let r = inspect::evaluate(&s, a.samples, a.seed, a.data_dir.as_deref(), a.test_size, !a.json)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        println!("{} test images, {} ({} epochs)", r.test_images, s.ck.config.preset, s.ck.epoch);
-        println!("ELBO (single sample): {:.3} nats  = -reconstruction {:.3} - KL {:.3}", r.elbo, r.reconstruction, r.kl);
-        println!("log p(x) (importance-weighted, {} samples): {:.3} nats", r.samples, r.log_px);
+        return Ok(ExitCode::SUCCESS);
     }
+    println!(
+        "{} test images, {} after {} epochs, {} samples per image (seed {}), {:.1} s",
+        r.test_images, s.ck.config.preset, s.ck.epoch, r.samples, r.seed, r.seconds
+    );
+    println!("each figure: mean over images +- its standard error (nats per image)");
+    println!("  ELBO, single sample as `cvae train` prints it  {:>10.3} +- {:.3}", r.elbo, r.elbo_se);
+    println!("    reconstruction -log p(x|z)                {:>10.3} +- {:.3}", r.reconstruction, r.reconstruction_se);
+    println!("    KL, Monte Carlo log q(z|x) - log p(z)      {:>10.3} +- {:.3}", r.kl, r.kl_se);
+    println!("    KL, closed form (exact given the encoder)  {:>10.3} +- {:.3}", r.kl_closed_form, r.kl_closed_form_se);
+    println!("  ELBO with the closed-form KL                  {:>10.3} +- {:.3}", r.elbo_closed_form_kl, r.elbo_closed_form_kl_se);
+    println!("  log p(x) >= importance-weighted bound, K={:<5} {:>10.3} +- {:.3}", r.samples, r.log_px, r.log_px_se);
     Ok(ExitCode::SUCCESS)
 }
 

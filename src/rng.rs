@@ -25,6 +25,10 @@ pub enum Stream {
     Samples = 4,
     /// The noise of evaluation pass `step` (the epoch).
     EvalNoise = 5,
+    /// The noise of `cvae eval`: `step` is the sample k, the index is the image's place
+    /// in the test set times the latent size plus the latent dimension, so every
+    /// (image, sample) pair draws its own, whatever the chunk or batch size.
+    Importance = 6,
 }
 
 /// The tag is placed in the high bits of the second word.
@@ -95,6 +99,12 @@ impl Rng {
     /// `n` standard normals of one step, element `i` at index `i`.
     pub fn normals(&self, stream: Stream, step: u32, n: usize) -> Vec<f32> {
         (0..n).map(|i| self.normal(stream, step, i as u32)).collect()
+    }
+
+    /// The noise [n, latent] of images `first .. first + n` at `step`, indexed by each
+    /// image's place: element (b, l) at index (first + b) * latent + l.
+    pub fn image_normals(&self, stream: Stream, step: u32, first: usize, n: usize, latent: usize) -> Vec<f32> {
+        (0..n * latent).map(|i| self.normal(stream, step, ((first + i / latent) * latent + i % latent) as u32)).collect()
     }
 
     /// A uniformly random permutation of 0..n (Fisher-Yates), fixed by (seed, epoch).

@@ -519,7 +519,7 @@ fn rng_stream_and_reparameterize_match_the_cpu() {
     let rng = Rng::new(seed);
     let (eb, zb, epsb) = (gpu.upload("enc", &enc), gpu.zeros("z", batch * latent), gpu.zeros("eps", batch * latent));
     let sb = step_buffer(StepUniform { step, ..Default::default() });
-    run(vec![o.reparameterize(batch, latent, rng.key(Stream::Noise), &eb, &sb, &zb, &epsb).unwrap()]);
+    run(vec![o.reparameterize(batch, latent, rng.key(Stream::Noise), &eb, &sb, &zb, &epsb, false).unwrap()]);
     let eps_ref = rng.normals(Stream::Noise, step, batch * latent);
     let z_ref = cpu::reparam::reparameterize(&enc, &eps_ref, latent);
     let bound: Vec<f64> = eps_ref.iter().map(|&z| 6.0 * 2f64.powi(-20) + 16.0 * U * z.abs() as f64).collect();
@@ -533,6 +533,14 @@ fn rng_stream_and_reparameterize_match_the_cpu() {
         .collect();
     let e = assert_within("reparameterize z", &read(&zb, batch * latent), &z_ref, &bound);
     eprintln!("PARITY reparameterize max abs {:.2e} max rel {:.2e}", e.0, e.1);
+    // cvae eval's noise: indexed by the image's place (batch_start + row), not the row.
+    let first = 4321;
+    let sb = step_buffer(StepUniform { step, batch_start: first as u32, ..Default::default() });
+    run(vec![o.reparameterize(batch, latent, rng.key(Stream::Importance), &eb, &sb, &zb, &epsb, true).unwrap()]);
+    let eps_ref = rng.image_normals(Stream::Importance, step, first, batch, latent);
+    let bound: Vec<f64> = eps_ref.iter().map(|&z| 6.0 * 2f64.powi(-20) + 16.0 * U * z.abs() as f64).collect();
+    let e = assert_within("reparameterize eps by image", &read(&epsb, batch * latent), &eps_ref, &bound);
+    eprintln!("PARITY reparameterize by image max abs {:.2e} max rel {:.2e}", e.0, e.1);
 }
 
 /// Several optimizer steps on the GPU equal the CPU's; each step is a handful of

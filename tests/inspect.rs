@@ -131,13 +131,59 @@ fn interpolate_writes_a_row_with_both_ends() {
 #[test]
 fn eval_reports_elbo_and_log_px() {
     let s = session();
-    let r = inspect::evaluate(&s, 8, None, Some(20)).unwrap();
+    let r = inspect::evaluate(&s, 8, 0, None, Some(20), false).unwrap();
     assert_eq!((r.test_images, r.samples), (20, 8));
     assert!(r.elbo.is_finite() && r.elbo < 0.0 && r.log_px < 0.0, "{r:?}");
     assert!((r.elbo + r.reconstruction + r.kl).abs() < 1e-6 * r.elbo.abs().max(1.0), "ELBO = -reconstruction - KL: {r:?}");
+    assert!(r.elbo_se > 0.0 && r.log_px_se > 0.0 && r.kl_closed_form > 0.0, "{r:?}");
     // The importance-weighted bound is at least the ELBO in expectation; with 8 samples
     // over 20 images it may fall short by the spread of one sample only.
     assert!(r.log_px > r.elbo - 5.0, "{r:?}");
+}
+
+/// One test image repeated 250 times: every copy draws its own noise (copies 0, 100
+/// and 200 used to share it, being the same row of their chunk of 100), and the mean
+/// of the Monte Carlo KL over the copies lands within three of its standard errors of
+/// the closed-form KL of that image (the estimator is unbiased).
+#[test]
+fn every_copy_of_an_image_draws_its_own_noise() {
+    let s = session();
+    let test = s.test_split(None, Some(1)).unwrap().to_f32(true);
+    let x: Vec<f32> = test.iter().copied().cycle().take(250 * test.len()).collect();
+    let mut runner = s.runner(100).unwrap();
+    let key = cvae::rng::Rng::new(5).key(cvae::rng::Stream::Importance);
+    let terms = runner.importance_terms(&x, 0, 1, key, &mut |_| {}).unwrap();
+    let kl: Vec<f64> = terms.iter().map(|t| t.kl()).collect();
+    for (a, b) in [(0, 100), (0, 200), (100, 200), (1, 101), (37, 237)] {
+        assert_ne!(kl[a], kl[b], "copies {a} and {b} drew the same noise");
+    }
+    let closed = terms[0].kl_closed;
+    assert!(terms.iter().all(|t| t.kl_closed == closed), "the closed form depends on the image only");
+    let (mean, se) = inspect::mean_se(&kl);
+    assert!((mean - closed).abs() < 3.0 * se, "Monte Carlo KL {mean} +- {se} vs closed form {closed}");
+}
+
+/// `cvae eval --samples 1` estimates what `cvae train` printed for the same
+/// checkpoint, with other noise: they agree within three standard errors. And the
+/// importance-weighted bound rises with the sample count.
+#[test]
+fn eval_agrees_with_training_and_tightens_with_more_samples() {
+    let s = session();
+    let printed = train::read_metrics(run_dir()).unwrap().last().unwrap().2;
+    let one = inspect::evaluate(&s, 1, 0, None, Some(40), false).unwrap();
+    assert_eq!(one.test_images, 40);
+    assert!((one.elbo - printed).abs() < 3.0 * one.elbo_se, "eval {} +- {} vs train {printed}", one.elbo, one.elbo_se);
+    assert!((one.log_px - one.elbo).abs() < 1e-9, "with one sample the bound is the ELBO: {one:?}");
+    let ten = inspect::evaluate(&s, 10, 0, None, Some(20), false).unwrap();
+    let hundred = inspect::evaluate(&s, 100, 0, None, Some(20), false).unwrap();
+    let one20 = inspect::evaluate(&s, 1, 0, None, Some(20), false).unwrap();
+    assert!(
+        one20.log_px < ten.log_px && ten.log_px < hundred.log_px,
+        "log p(x) for K = 1, 10, 100: {} {} {}",
+        one20.log_px,
+        ten.log_px,
+        hundred.log_px
+    );
 }
 
 #[test]

@@ -20,11 +20,13 @@ use super::plan::{Op, Plan};
 use crate::model::{Activation, KlKind, Layer, LayerInfo, LossSpec, Model};
 
 /// Where a pass's noise comes from: a stream's key (`Rng::key`) and the step
-/// uniform whose `step` field is the counter.
+/// uniform whose `step` field is the counter; the noise of a row is indexed by the
+/// row, or with `by_image` by its image (`step.batch_start` + row: `cvae eval`).
 #[derive(Clone, Copy)]
 pub struct Noise<'b> {
     pub key: [u32; 2],
     pub step: &'b wgpu::Buffer,
+    pub by_image: bool,
 }
 
 pub struct Network<'a> {
@@ -256,7 +258,8 @@ impl<'a> Network<'a> {
 
     /// z = mean + exp(logvar / 2) * eps into `latent()`, eps drawn on the GPU from `noise`.
     pub fn reparameterize(&self, n: usize, noise: Noise<'_>) -> Result<Dispatch> {
-        let d = self.ops.reparameterize(n, self.model.latent, noise.key, self.enc_out(), noise.step, self.latent(), &self.eps)?;
+        let (o, latent) = (self.ops, self.model.latent);
+        let d = o.reparameterize(n, latent, noise.key, self.enc_out(), noise.step, self.latent(), &self.eps, noise.by_image)?;
         Ok(d.labeled("latent"))
     }
 

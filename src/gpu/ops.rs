@@ -774,7 +774,9 @@ impl Ops<'_> {
         self.k.dispatch(self.gpu, "kl_analytic_backward", &u, &[("enc", enc), ("eps", eps), ("dz", dz), ("denc", denc)], batch * latent)
     }
 
-    /// z and eps for step `step.step` of the stream with key `key` (see `Rng::key`).
+    /// z and eps for step `step.step` of the stream with key `key` (see `Rng::key`),
+    /// the noise indexed by row, or with `by_image` by image (`Rng::image_normals`).
+    #[allow(clippy::too_many_arguments)]
     pub fn reparameterize(
         &self,
         batch: usize,
@@ -784,8 +786,16 @@ impl Ops<'_> {
         step: &wgpu::Buffer,
         z: &wgpu::Buffer,
         eps: &wgpu::Buffer,
+        by_image: bool,
     ) -> Result<Dispatch> {
-        let u = ReparamUniform { batch: u(batch), latent: u(latent), key0: key[0], key1: key[1] };
+        let u = ReparamUniform {
+            batch: u(batch),
+            latent: u(latent),
+            key0: key[0],
+            key1: key[1],
+            by_image: by_image as u32,
+            ..Default::default()
+        };
         self.k.dispatch(self.gpu, "reparameterize", &u, &[("enc", enc), ("z", z), ("eps", eps), ("step", step)], batch * latent)
     }
     /// The raw RNG stream (bits as 4 x u32 and normals) of indices 0..n, for tests.
@@ -797,7 +807,7 @@ impl Ops<'_> {
         bits: &wgpu::Buffer,
         normals: &wgpu::Buffer,
     ) -> Result<Dispatch> {
-        let u = ReparamUniform { batch: u(n), latent: 1, key0: key[0], key1: key[1] };
+        let u = ReparamUniform { batch: u(n), latent: 1, key0: key[0], key1: key[1], ..Default::default() };
         self.k.dispatch(self.gpu, "rng_stream", &u, &[("eps", normals), ("bits", bits), ("step", step)], n)
     }
 

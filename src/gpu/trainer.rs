@@ -177,7 +177,7 @@ impl<'a> Trainer<'a> {
     /// One training step on a batch of `n`: the batch, forward, backward, optimizer.
     fn build_train(&self, n: usize) -> Result<Vec<Dispatch>> {
         let m = self.model();
-        let noise = Noise { key: self.rng.key(Stream::Noise), step: &self.step_buf };
+        let noise = Noise { key: self.rng.key(Stream::Noise), step: &self.step_buf, by_image: false };
         let mut d = vec![self.gather(n, &self.train_images, &self.train_order, &self.step_buf)?];
         d.extend(self.net.forward(n, noise, m.loss, &self.train_losses)?);
         d.extend(self.net.backward(n, &self.grads)?);
@@ -197,7 +197,7 @@ impl<'a> Trainer<'a> {
     /// cross-entropy plus the model's KL estimate (Monte Carlo, or closed form).
     fn build_eval(&self, n: usize) -> Result<Vec<Dispatch>> {
         let elbo = LossSpec { recon_scale: 1.0, kl: self.model().loss.kl, kl_scale: 0.5 };
-        let noise = Noise { key: self.rng.key(Stream::EvalNoise), step: &self.eval_step_buf };
+        let noise = Noise { key: self.rng.key(Stream::EvalNoise), step: &self.eval_step_buf, by_image: false };
         let mut d = vec![self.gather(n, &self.test_images, &self.test_order, &self.eval_step_buf)?];
         d.extend(self.net.forward(n, noise, elbo, &self.eval_losses)?);
         Ok(d)

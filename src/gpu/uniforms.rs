@@ -123,6 +123,11 @@ uniform! {
         /// The stream's key (`Rng::key`).
         key0: u32,
         key1: u32,
+        /// 1: index the noise by image (`step.batch_start` + row), 0: by row.
+        by_image: u32,
+        _p0: u32,
+        _p1: u32,
+        _p2: u32,
     }
 }
 
