@@ -22,18 +22,20 @@
 @group(0) @binding(1) var<storage, read> params: array<f32>;
 @group(0) @binding(2) var wtex: texture_2d<f32>;
 @group(0) @binding(3) var wtex_out: texture_storage_2d<rgba32float, write>;
-@group(0) @binding(4) var<storage, read> x4: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> dy4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> y4: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> dx4: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> part4: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read> rows4: array<vec4<f32>>;
 @group(0) @binding(10) var xtex: texture_2d<f32>;
 @group(0) @binding(11) var dytex: texture_2d<f32>;
+@group(0) @binding(12) var scalars_out: texture_storage_2d<r32float, write>;
 
-// Every texture here holds a matrix of vec4 rows, folded into column blocks of FOLD
-// rows (a texture side is at most 8192): FOLD is a power of two, so a lane finds its
-// texel with a shift and a mask (src/gpu/ops.rs: TEXTURE_FOLD).
+// A matrix of vec4 rows sits in a texture folded into column blocks of FOLD rows (a
+// texture side is at most 8192); measured faster here than row-major for the big
+// layers. A vector of scalars (an activation whose channels do not come in fours)
+// sits row-major, wrapped at FOLD texels, so neighbours stay neighbours. FOLD is a
+// power of two: a lane finds its texel with a shift and a mask (src/gpu/ops.rs:
+// TEXTURE_FOLD).
 const FOLD_SHIFT: u32 = 12u;
 const FOLD: u32 = 4096u;
 
@@ -42,9 +44,15 @@ fn texel(k: u32, c4: u32, cols4: u32) -> vec2<u32> {
     return vec2<u32>(c4 + cols4 * (k >> FOLD_SHIFT), k & (FOLD - 1u));
 }
 
-// Scalar views of the vec4 arrays (buffers are padded to 16 bytes).
-fn x_at(i: u32) -> f32 { return x4[i / 4u][i % 4u]; }
-fn dy_at(i: u32) -> f32 { return dy4[i / 4u][i % 4u]; }
+// The texel of element i of a vector of scalars.
+fn texel1(i: u32) -> vec2<u32> {
+    return vec2<u32>(i & (FOLD - 1u), i >> FOLD_SHIFT);
+}
+
+// Element i of an activation whose channels do not come in fours: pack_rows put it in
+// an r32float texture, one element a texel (a vector gather, as for the vec4 rows).
+fn x_at(i: u32) -> f32 { return textureLoad(xtex, texel1(i), 0).x; }
+fn dy_at(i: u32) -> f32 { return textureLoad(dytex, texel1(i), 0).x; }
 
 // Bias (when p.bias != 0) and ReLU (when p.relu != 0) of channels 4 c4 .. 4 c4 + 4 of `n`.
 fn finish(acc: vec4<f32>, c4: u32, n: u32) -> vec4<f32> {
@@ -105,6 +113,19 @@ fn pack_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let idx = linear_id(wid, nwg, lid);
     if idx >= p.batch * p.in_c { return; }
     textureStore(wtex_out, texel(idx / p.in_c, idx % p.in_c, p.in_c), rows4[idx]);
+}
+
+// Bindings: p, rows4, scalars_out. Grid: one invocation per 4 elements.
+// One invocation: elements 4 i .. 4 i + 4 of an activation of p.batch elements whose
+// channels do not come in fours, one per texel of an r32float texture.
+@compute @workgroup_size(WG)
+fn pack_scalars(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    if 4u * i >= p.batch { return; }
+    let v = rows4[i];
+    for (var q = 0u; q < 4u; q++) {
+        if 4u * i + q < p.batch { textureStore(scalars_out, texel1(4u * i + q), vec4<f32>(v[q], 0.0, 0.0, 0.0)); }
+    }
 }
 
 // Row `m` of im2col(x) at reduction index 4 kq .. 4 kq + 4, for the output pixel whose
@@ -406,16 +427,21 @@ fn conv2d_backward_kernel_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builti
     for (var m0 = m_begin; m0 < m_end; m0 += 8u) {
         let m = m0 + lane;
         let w = window(min(m, m_end - 1u));
+        // Row groups past K (a kernel of fewer than 32 rows) are skipped: the condition
+        // is the same for the whole workgroup, so the branch is a real one.
         //#unroll G 8
-        let a{G} = gather_xt(w, m < m_end, r0 / 4u + {G}u);
+        var a{G} = vec4<f32>(0.0);
+        if 4u * {G}u < k_total { a{G} = gather_xt(w, m < m_end, r0 / 4u + {G}u); }
         //#end
         //#unroll J 8
         let d{J} = dy_row(m0 + {J}u, m_end, f4);
         //#unroll G 8
-        let s{J}{G} = subgroupBroadcast(a{G}, {J}u);
-        //#unroll C 4
-        acc{G}{C} = fma(vec4<f32>(s{J}{G}[{C}]), d{J}, acc{G}{C});
-        //#end
+        if 4u * {G}u < k_total {
+            let s{J}{G} = subgroupBroadcast(a{G}, {J}u);
+            //#unroll C 4
+            acc{G}{C} = fma(vec4<f32>(s{J}{G}[{C}]), d{J}, acc{G}{C});
+            //#end
+        }
         //#end
         //#end
     }
@@ -426,4 +452,111 @@ fn conv2d_backward_kernel_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builti
         //#end
         //#end
     }
+}
+
+// ---------------------------------------------------------------------------
+// Narrow outputs (1 to 4 channels: a decoder's last layer). Spreading output
+// channels over the lanes would leave 7 of 8 idle; here the lanes split the
+// reduction's channels instead, a vec4 each, and subgroupAdd adds them up.
+
+// The 4 texture rows of reduction channels 4 c4 .. +4 at tap t: row q holds the (at most
+// 4) outputs' weights of channel 4 c4 + q, a texel of the packed kernel (pack_weights
+// for the forward, whose rows are tap * C + c; pack_weights_transposed for the input
+// gradient, rows tap * F + f).
+fn narrow_weights(t: u32, c4: u32, cin: u32) -> mat4x4<f32> {
+    let k = t * cin + 4u * c4;
+    return mat4x4<f32>(textureLoad(wtex, texel(k, 0u, 1u), 0), textureLoad(wtex, texel(k + 1u, 0u, 1u), 0),
+                       textureLoad(wtex, texel(k + 2u, 0u, 1u), 0), textureLoad(wtex, texel(k + 3u, 0u, 1u), 0));
+}
+
+// The outputs from 4 reduction channels `v`, `wt` holding each output's 4 weights (the
+// transposed texture rows): only the first `n` outputs are computed, one dot each.
+fn narrow_dots(v: vec4<f32>, wt: mat4x4<f32>, n: u32) -> vec4<f32> {
+    var o = vec4<f32>(dot(v, wt[0]), 0.0, 0.0, 0.0);
+    if n > 1u {
+        o = vec4<f32>(o.x, dot(v, wt[1]), dot(v, wt[2]), dot(v, wt[3]));
+    }
+    return o;
+}
+
+// Bindings: p, xtex (pack_rows), wtex (pack_weights), params, y4. Grid: ceil(B * OH * OW / 128)
+// workgroups of 4 subgroups; subgroup s owns output pixels 32 (4 gx + s) .. +32.
+// One subgroup: y = act(bias + im2col(x) kernel) for its 32 pixels and all out_c <= 4
+// channels; lane l sums input channels 4 (l + 8 j) .. +4 of every tap, then subgroupAdd.
+@compute @workgroup_size(32)
+fn conv2d_forward_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let m_total = p.batch * p.out_h * p.out_w;
+    let c4s = p.in_c / 4u;
+    let r0 = (wg.x * 4u + li / 8u) * 32u;
+    //#unroll I 32
+    let m{I} = min(r0 + {I}u, m_total - 1u);
+    let bh{I} = m{I} / (p.out_h * p.out_w) * p.in_h;
+    let iy{I} = i32((m{I} / p.out_w) % p.out_h * p.stride) - i32(p.pad_top);
+    let ix{I} = i32(m{I} % p.out_w * p.stride) - i32(p.pad_left);
+    var acc{I} = vec4<f32>(0.0);
+    //#end
+    for (var c0 = 0u; c0 < c4s; c0 += 8u) {
+        let c4 = min(c0 + lane, c4s - 1u);
+        let live = c0 + lane < c4s;
+        for (var t = 0u; t < p.k_h * p.k_w; t++) {
+            let w = transpose(narrow_weights(t, c4, p.in_c));
+            let ti = i32(t / p.k_w);
+            let tj = i32(t % p.k_w);
+            //#unroll I 32
+            let y{I} = iy{I} + ti;
+            let x{I} = ix{I} + tj;
+            let ok{I} = live && y{I} >= 0 && y{I} < i32(p.in_h) && x{I} >= 0 && x{I} < i32(p.in_w);
+            let v{I} = textureLoad(xtex, texel(select(0u, (bh{I} + u32(y{I})) * p.in_w + u32(x{I}), ok{I}), c4, c4s), 0);
+            acc{I} += select(vec4<f32>(0.0), narrow_dots(v{I}, w, p.out_c), ok{I});
+            //#end
+        }
+    }
+    //#unroll I 32
+    let s{I} = subgroupAdd(acc{I});
+    if lane == {I}u % 8u { store_y(r0 + {I}u, m_total, 0u, p.out_c, finish(s{I}, 0u, p.out_c)); }
+    //#end
+}
+
+// Bindings: p, dytex (pack_rows), wtex (pack_weights_transposed), params, dx4. Grid: ceil(B * rows * cols of
+// the phase / 128) workgroups, one dispatch per phase of the stride (as
+// conv2d_backward_input_subgroup).
+// One subgroup: dx = act(bias + sum over the phase's taps and f of dy * kernel) for 32
+// fine-side pixels and all in_c <= 4 channels; lane l sums output channels
+// 4 (l + 8 j) .. +4, then subgroupAdd. (With bias and ReLU: a Conv2DTranspose's forward.)
+@compute @workgroup_size(32)
+fn conv2d_backward_input_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let ph = phase();
+    let m_total = p.batch * ph.n.x * ph.n.y;
+    let f4s = p.out_c / 4u;
+    let r0 = (wg.x * 4u + li / 8u) * 32u;
+    //#unroll I 32
+    let m{I} = min(r0 + {I}u, m_total - 1u);
+    let b{I} = m{I} / (ph.n.x * ph.n.y);
+    let qy{I} = (m{I} / ph.n.y) % ph.n.x;
+    let qx{I} = m{I} % ph.n.y;
+    let oy{I} = i32(ph.e.x + qy{I});
+    let ox{I} = i32(ph.e.y + qx{I});
+    var acc{I} = vec4<f32>(0.0);
+    //#end
+    for (var f0 = 0u; f0 < f4s; f0 += 8u) {
+        let f4 = min(f0 + lane, f4s - 1u);
+        let live = f0 + lane < f4s;
+        for (var t = 0u; t < ph.taps.x * ph.taps.y; t++) {
+            let ti = t / ph.taps.y;
+            let tj = t % ph.taps.y;
+            let tap = (ph.i0.x + p.stride * ti) * p.k_w + ph.i0.y + p.stride * tj;
+            let w = transpose(narrow_weights(tap, f4, p.out_c));
+            //#unroll I 32
+            let y{I} = oy{I} - i32(ti);
+            let x{I} = ox{I} - i32(tj);
+            let ok{I} = live && y{I} >= 0 && y{I} < i32(p.out_h) && x{I} >= 0 && x{I} < i32(p.out_w);
+            let v{I} = textureLoad(dytex, texel(select(0u, (b{I} * p.out_h + u32(y{I})) * p.out_w + u32(x{I}), ok{I}), f4, f4s), 0);
+            acc{I} += select(vec4<f32>(0.0), narrow_dots(v{I}, w, p.in_c), ok{I});
+            //#end
+        }
+    }
+    //#unroll I 32
+    let s{I} = subgroupAdd(acc{I});
+    if lane == {I}u % 8u { store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, 0u, finish(s{I}, 0u, p.in_c)); }
+    //#end
 }

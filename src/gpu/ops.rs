@@ -23,7 +23,8 @@ fn images_within_loop_budget(h: usize, w: usize) -> usize {
     (LOOP_BUDGET / (1 + h + h * w)).max(1)
 }
 
-/// Rows per column block of every matrix texture (subgroup.wgsl: FOLD).
+/// Rows per column block of a matrix texture, texels per row of a vector texture
+/// (subgroup.wgsl: FOLD).
 pub const TEXTURE_FOLD: usize = 4096;
 
 /// A 1-D grid of `threads` invocations in workgroups of `WORKGROUP`.
@@ -288,12 +289,22 @@ impl Ops<'_> {
     /// A texture holding a `rows` x 4 `cols4` matrix as rgba32float texels, folded into
     /// column blocks of `TEXTURE_FOLD` rows (subgroup.wgsl's `texel`).
     fn matrix_texture(&self, rows: usize, cols4: usize) -> Result<(wgpu::Texture, wgpu::TextureView)> {
+        self.texture(rows, cols4, wgpu::TextureFormat::Rgba32Float)
+    }
+
+    /// A folded texture of `rows` x `cols` texels of `format`.
+    fn texture(&self, rows: usize, cols4: usize, format: wgpu::TextureFormat) -> Result<(wgpu::Texture, wgpu::TextureView)> {
         let max = self.gpu.limits.max_texture_dimension_2d as usize;
         // Power-of-two sides: llvmpipe compiles a kernel once per combination of its
-        // textures' power-of-two-ness, so this keeps it to one compilation per kernel.
-        let folds = rows.div_ceil(TEXTURE_FOLD).max(1);
-        let (width, height) = ((cols4 * folds).next_power_of_two(), rows.clamp(1, TEXTURE_FOLD).next_power_of_two());
-        if width > max {
+        // textures' power-of-two-ness. A vector (one column) is row-major, wrapped at
+        // TEXTURE_FOLD texels; a matrix is folded into column blocks of that many rows.
+        let (width, height) = if cols4 == 1 && format == wgpu::TextureFormat::R32Float {
+            (rows.clamp(1, TEXTURE_FOLD).next_power_of_two(), rows.div_ceil(TEXTURE_FOLD).max(1).next_power_of_two())
+        } else {
+            let folds = rows.div_ceil(TEXTURE_FOLD).max(1);
+            ((cols4 * folds).next_power_of_two(), rows.clamp(1, TEXTURE_FOLD).next_power_of_two())
+        };
+        if width.max(height) > max {
             bail!("a {rows} x {} matrix does not fit a {max} x {max} texture", 4 * cols4);
         }
         let tex = self.gpu.device.create_texture(&wgpu::TextureDescriptor {
@@ -302,7 +313,7 @@ impl Ops<'_> {
             mip_level_count: 1,
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
-            format: wgpu::TextureFormat::Rgba32Float,
+            format,
             usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING,
             view_formats: &[],
         });
@@ -310,22 +321,92 @@ impl Ops<'_> {
         Ok((tex, view))
     }
 
-    /// Pack an activation of `rows` pixels x `channels` (a multiple of 4) into a texture
-    /// (pack_rows); None when the channels do not come in vec4s (the kernels then read
-    /// the buffer). The dispatch keeps the texture alive.
-    fn pack_rows(&self, buf: &wgpu::Buffer, rows: usize, channels: usize) -> Result<Option<(Dispatch, wgpu::TextureView)>> {
-        if !channels.is_multiple_of(4) {
-            return Ok(None);
+    /// Pack an activation of `rows` pixels x `channels` into a texture for the subgroup
+    /// kernels: vec4 rows (pack_rows) when the channels come in fours, else one element
+    /// per texel of an r32float texture (pack_scalars). The dispatch keeps it alive.
+    fn pack_rows(&self, buf: &wgpu::Buffer, rows: usize, channels: usize) -> Result<(Dispatch, wgpu::TextureView)> {
+        if channels.is_multiple_of(4) {
+            let (tex, view) = self.matrix_texture(rows, channels / 4)?;
+            let un = ConvUniform { batch: u(rows), in_c: u(channels / 4), ..Default::default() };
+            let d = self.k.dispatch_grid(
+                self.gpu,
+                "pack_rows",
+                &un,
+                &[("rows4", buf)],
+                &[("wtex_out", &view)],
+                grid_1d(rows * channels / 4),
+            )?;
+            return Ok((d.keeping_texture(tex), view));
         }
-        let (tex, view) = self.matrix_texture(rows, channels / 4)?;
-        let un = ConvUniform { batch: u(rows), in_c: u(channels / 4), ..Default::default() };
+        let n = rows * channels;
+        let (tex, view) = self.texture(n, 1, wgpu::TextureFormat::R32Float)?;
+        let un = ConvUniform { batch: u(n), ..Default::default() };
         let d =
-            self.k.dispatch_grid(self.gpu, "pack_rows", &un, &[("rows4", buf)], &[("wtex_out", &view)], grid_1d(rows * channels / 4))?;
-        Ok(Some((d.keeping_texture(tex), view)))
+            self.k.dispatch_grid(self.gpu, "pack_scalars", &un, &[("rows4", buf)], &[("scalars_out", &view)], grid_1d(n.div_ceil(4)))?;
+        Ok((d.keeping_texture(tex), view))
+    }
+
+    /// conv2d_forward_narrow: at most 4 output channels, the lanes splitting the input's.
+    fn forward_narrow(&self, g: &ConvGeom, x: &wgpu::Buffer, w: Weights<'_>, relu: bool, bias: bool, y: &wgpu::Buffer) -> Result<Dispatch> {
+        let un = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
+        let rows = g.k_h * g.k_w * g.in_c;
+        let (tex, wview) = self.matrix_texture(rows, 1)?;
+        let packw = self.k.dispatch_grid(self.gpu, "pack_weights", &un, &[("params", w.params)], &[("wtex_out", &wview)], grid_1d(rows))?;
+        let (pack, view) = self.pack_rows(x, g.in_len() / g.in_c, g.in_c)?;
+        let grid = [u((g.batch * g.out_h * g.out_w).div_ceil(128)), 1, 1];
+        let buffers = [("params", w.params), ("y4", y)];
+        let main = self.k.dispatch_grid(self.gpu, "conv2d_forward_narrow", &un, &buffers, &[("xtex", &view), ("wtex", &wview)], grid)?;
+        Ok(main.after(pack).after(packw).keeping_texture(tex))
+    }
+
+    /// conv2d_backward_input_narrow, one dispatch per phase: at most 4 input channels,
+    /// the lanes splitting the output's.
+    fn backward_input_narrow(
+        &self,
+        g: &ConvGeom,
+        dy: &wgpu::Buffer,
+        w: Weights<'_>,
+        relu: bool,
+        bias: bool,
+        dx: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
+        let rows = g.k_h * g.k_w * g.out_c;
+        let (tex, wview) = self.matrix_texture(rows, 1)?;
+        let packw = self.k.dispatch_grid(
+            self.gpu,
+            "pack_weights_transposed",
+            &un0,
+            &[("params", w.params)],
+            &[("wtex_out", &wview)],
+            grid_1d(rows),
+        )?;
+        let (pack, view) = self.pack_rows(dy, g.out_len() / g.out_c, g.out_c)?;
+        let mut d = packw.then(pack).keeping_texture(tex);
+        let s = g.stride;
+        for (ry, rx) in (0..s).flat_map(|ry| (0..s).map(move |rx| (ry, rx))) {
+            let m = g.batch * g.in_h.saturating_sub(ry).div_ceil(s) * g.in_w.saturating_sub(rx).div_ceil(s);
+            if m == 0 {
+                continue;
+            }
+            let un = ConvUniform { phase_y: u(ry), phase_x: u(rx), ..un0 };
+            let buffers = [("params", w.params), ("dx4", dx)];
+            let textures = [("dytex", &view), ("wtex", &wview)];
+            d = d.then(self.k.dispatch_grid(
+                self.gpu,
+                "conv2d_backward_input_narrow",
+                &un,
+                &buffers,
+                &textures,
+                [u(m.div_ceil(128)), 1, 1],
+            )?);
+        }
+        Ok(d.named("conv2d_backward_input_narrow"))
     }
 
     /// conv2d_forward_subgroup on conv geometry `g`, after pack_weights fills its
-    /// weight texture and pack_rows its input texture.
+    /// weight texture and pack_rows its input texture (conv2d_forward_narrow for at
+    /// most 4 output channels).
     fn forward_subgroup(
         &self,
         g: &ConvGeom,
@@ -335,29 +416,26 @@ impl Ops<'_> {
         bias: bool,
         y: &wgpu::Buffer,
     ) -> Result<Dispatch> {
+        if g.out_c <= 4 && g.in_c.is_multiple_of(4) {
+            return self.forward_narrow(g, x, w, relu, bias, y);
+        }
         let (rows, cols4) = (g.k_h * g.k_w * g.in_c, g.out_c.div_ceil(4));
         let (tex, view) = self.matrix_texture(rows, cols4)?;
         let un = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
         let mut first =
             self.k.dispatch_grid(self.gpu, "pack_weights", &un, &[("params", w.params)], &[("wtex_out", &view)], grid_1d(rows * cols4))?;
-        let packed = self.pack_rows(x, g.in_len() / g.in_c, g.in_c)?;
-        let xview = match packed {
-            Some((pack, v)) => {
-                first = first.then(pack);
-                v
-            }
-            // Never read: the kernel takes the scalar path and x4.
-            None => self.matrix_texture(1, 1)?.1,
-        };
+        let (pack, xview) = self.pack_rows(x, g.in_len() / g.in_c, g.in_c)?;
+        first = first.then(pack);
         let m = g.batch * g.out_h * g.out_w;
-        let buffers = [("x4", x), ("params", w.params), ("y4", y)];
+        let buffers = [("params", w.params), ("y4", y)];
         let grid = [u(cols4.div_ceil(8)), u(m.div_ceil(128)), 1];
         let main = self.k.dispatch_grid(self.gpu, "conv2d_forward_subgroup", &un, &buffers, &[("wtex", &view), ("xtex", &xview)], grid)?;
         Ok(main.after(first).keeping_texture(tex))
     }
 
     /// conv2d_backward_input_subgroup on conv geometry `g`, one dispatch per phase of
-    /// the stride, after pack_weights_transposed and pack_rows fill its textures.
+    /// the stride, after pack_weights_transposed and pack_rows fill its textures
+    /// (conv2d_backward_input_narrow for at most 4 input channels).
     fn backward_input_subgroup(
         &self,
         g: &ConvGeom,
@@ -367,6 +445,9 @@ impl Ops<'_> {
         bias: bool,
         dx: &wgpu::Buffer,
     ) -> Result<Dispatch> {
+        if g.in_c <= 4 && g.out_c.is_multiple_of(4) {
+            return self.backward_input_narrow(g, dy, w, relu, bias, dx);
+        }
         let (rows, cols4) = (g.k_h * g.k_w * g.out_c, g.in_c.div_ceil(4));
         let (tex, view) = self.matrix_texture(rows, cols4)?;
         let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
@@ -378,13 +459,8 @@ impl Ops<'_> {
             &[("wtex_out", &view)],
             grid_1d(rows * cols4),
         )?;
-        let dyview = match self.pack_rows(dy, g.out_len() / g.out_c, g.out_c)? {
-            Some((pack, v)) => {
-                d = d.then(pack);
-                v
-            }
-            None => self.matrix_texture(1, 1)?.1,
-        };
+        let (pack, dyview) = self.pack_rows(dy, g.out_len() / g.out_c, g.out_c)?;
+        d = d.then(pack);
         let s = g.stride;
         for (ry, rx) in (0..s).flat_map(|ry| (0..s).map(move |rx| (ry, rx))) {
             let m = g.batch * g.in_h.saturating_sub(ry).div_ceil(s) * g.in_w.saturating_sub(rx).div_ceil(s);
@@ -392,7 +468,7 @@ impl Ops<'_> {
                 continue;
             }
             let un = ConvUniform { phase_y: u(ry), phase_x: u(rx), ..un0 };
-            let buffers = [("dy4", dy), ("params", w.params), ("dx4", dx)];
+            let buffers = [("params", w.params), ("dx4", dx)];
             let textures = [("wtex", &view), ("dytex", &dyview)];
             let grid = [u(cols4.div_ceil(8)), u(m.div_ceil(128)), 1];
             d = d.then(self.k.dispatch_grid(self.gpu, "conv2d_backward_input_subgroup", &un, &buffers, &textures, grid)?);
@@ -414,15 +490,11 @@ impl Ops<'_> {
         let mut first: Vec<Dispatch> = Vec::new();
         let mut views = Vec::new();
         for (buf, len, channels) in [(x, g.in_len(), g.in_c), (dy, g.out_len(), g.out_c)] {
-            views.push(match self.pack_rows(buf, len / channels, channels)? {
-                Some((pack, v)) => {
-                    first.push(pack);
-                    v
-                }
-                None => self.matrix_texture(1, 1)?.1,
-            });
+            let (pack, v) = self.pack_rows(buf, len / channels, channels)?;
+            first.push(pack);
+            views.push(v);
         }
-        let buffers = [("x4", x), ("dy4", dy), ("part4", &part)];
+        let buffers = [("part4", &part)];
         let textures = [("xtex", &views[0]), ("dytex", &views[1])];
         let main =
             self.k.dispatch_grid(self.gpu, "conv2d_backward_kernel_subgroup", &un, &buffers, &textures, [u(groups), u(slices), 1])?;
