@@ -13,6 +13,9 @@ use crate::config::TrainConfig;
 use crate::model::{Heads, Model, Optimizer};
 
 pub const FORMAT: &str = "cvae-checkpoint-1";
+/// A parameters-only file (`cvae export`, the weights shipped in the binary): the
+/// named parameter tensors and the run's config, no optimizer state.
+pub const WEIGHTS_FORMAT: &str = "cvae-weights-1";
 pub const FILE: &str = "checkpoint.safetensors";
 
 /// Everything needed to continue training exactly where it stopped.
@@ -28,6 +31,9 @@ pub struct Checkpoint {
     pub slots: Vec<Vec<f32>>,
     /// Set when training was interrupted inside an epoch: that epoch's progress.
     pub partial: Option<Partial>,
+    /// False for a parameters-only file: it can be looked into or trained from
+    /// (`--init-from`), not resumed.
+    pub resumable: bool,
 }
 
 /// An epoch interrupted after `losses.len()` batches (Ctrl-C).
@@ -138,6 +144,27 @@ pub fn save(path: &Path, model: &Model, opt: &Optimizer, ck: &Checkpoint) -> Res
     write_atomic(path, &data).with_context(|| format!("writing checkpoint {}", path.display()))
 }
 
+/// Write the parameters alone (Keras names and layouts) with the run's config, epoch
+/// and step and any `notes` in the metadata: a file to look into, share, ship, or
+/// start another run from, in a third of a checkpoint's size.
+pub fn save_weights(path: &Path, model: &Model, ck: &Checkpoint, notes: &[(&str, String)]) -> Result<()> {
+    let tensors = named_tensors(model, &ck.params);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.into_iter().map(|(n, s, d)| (n, s, bytemuck::cast_slice(&d).to_vec())).collect();
+    let views: Vec<(String, TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    let mut meta: HashMap<String, String> = notes.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    meta.insert("format".to_string(), WEIGHTS_FORMAT.to_string());
+    meta.insert("preset".to_string(), model.preset.name().to_string());
+    meta.insert("config".to_string(), serde_json::to_string(&ck.config)?);
+    meta.insert("epoch".to_string(), ck.epoch.to_string());
+    meta.insert("step".to_string(), ck.step.to_string());
+    let data = safetensors::serialize(views, Some(meta)).context("serializing the weights")?;
+    write_atomic(path, &data).with_context(|| format!("writing weights {}", path.display()))
+}
+
 /// Read a checkpoint file, or the `checkpoint.safetensors` inside a run folder.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let path = if path.is_dir() { path.join(FILE) } else { path.to_path_buf() };
@@ -153,9 +180,11 @@ pub fn load_bytes(bytes: &[u8], file: &str) -> Result<Checkpoint> {
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("{file}: bad header: {e}"))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let field = |k: &str| meta.get(k).cloned().ok_or_else(|| anyhow!("{file}: metadata field {k:?} is missing; not a cvae checkpoint?"));
-    if field("format")? != FORMAT {
-        bail!("{file}: format {:?}, expected {FORMAT:?}", field("format")?);
+    let format = field("format")?;
+    if format != FORMAT && format != WEIGHTS_FORMAT {
+        bail!("{file}: format {format:?}, expected {FORMAT:?} (a checkpoint) or {WEIGHTS_FORMAT:?} (parameters only)");
     }
+    let resumable = format == FORMAT;
     let config: TrainConfig =
         serde_json::from_str(&field("config")?).with_context(|| format!("{file}: the config in the metadata does not parse"))?;
     let epoch: u32 = field("epoch")?.parse().with_context(|| format!("{file}: bad epoch"))?;
@@ -172,12 +201,12 @@ pub fn load_bytes(bytes: &[u8], file: &str) -> Result<Checkpoint> {
     };
     let params = flat_from_named(&model, &get, &file, "")?;
     let mut slots = Vec::new();
-    for name in slot_names(&opt) {
+    for name in slot_names(&opt).iter().filter(|_| resumable) {
         slots.push(flat_from_named(&model, &get, &file, &format!("optimizer.{name}."))?);
     }
     let partial = match meta.get("partial_epoch") {
         Some(p) => Some(serde_json::from_str(p).with_context(|| format!("{file}: the partial_epoch metadata does not parse"))?),
         None => None,
     };
-    Ok(Checkpoint { config, epoch, step, params, slots, partial })
+    Ok(Checkpoint { config, epoch, step, params, slots, partial, resumable })
 }

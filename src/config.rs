@@ -30,6 +30,10 @@ pub struct TrainConfig {
     /// which used blocked kernels where they fit (`Variant::Auto`).
     #[serde(default)]
     pub kernels: Plan,
+    /// The weights the run started from (`--init-from`, `--pretrained`), or None for
+    /// the initialisation of `seed`.
+    #[serde(default)]
+    pub init_from: Option<String>,
 }
 
 impl TrainConfig {

@@ -15,6 +15,7 @@ use crate::gpu::runner::{ImageTerms, Runner};
 use crate::gpu::{AdapterChoice, Gpu};
 use crate::images;
 use crate::model::{Model, Shape};
+use crate::pretrained::Pretrained;
 use crate::rng::{Rng, Stream};
 use crate::stats::{linspace, normal_quantile, pca2};
 
@@ -28,12 +29,32 @@ pub struct Session {
     pub kernels: Kernels,
 }
 
+/// Where a look-inside command's model comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A run folder (its latest checkpoint) or a checkpoint or weights file.
+    Path(PathBuf),
+    /// Weights built into the binary.
+    Pretrained(Pretrained),
+}
+
 impl Session {
-    pub fn open(path: &Path, adapter: AdapterChoice) -> Result<Session> {
-        let ck = checkpoint::load(path)?;
+    /// Load the model of `source` and open a device. Pictures go into the run folder,
+    /// or the current folder for built-in weights.
+    pub fn open(source: &Source, adapter: AdapterChoice) -> Result<Session> {
+        let (ck, dir) = match source {
+            Source::Path(path) => {
+                let ck = checkpoint::load(path)?;
+                let dir = if path.is_dir() {
+                    path.to_path_buf()
+                } else {
+                    path.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+                };
+                (ck, dir)
+            }
+            Source::Pretrained(p) => (p.load()?, PathBuf::from(".")),
+        };
         let model = ck.config.model()?;
-        let dir =
-            if path.is_dir() { path.to_path_buf() } else { path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")) };
         let gpu = Gpu::open(adapter)?;
         let kernels = Kernels::new(&gpu)?;
         Ok(Session { ck, model, dir, gpu, kernels })

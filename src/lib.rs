@@ -25,6 +25,7 @@ pub mod images;
 pub mod inspect;
 pub mod math;
 pub mod model;
+pub mod pretrained;
 pub mod rng;
 pub mod stats;
 pub mod train;

@@ -14,6 +14,7 @@ use cvae::gpu::ops::Variant;
 use cvae::gpu::AdapterChoice;
 use cvae::inspect;
 use cvae::model::{KlKind, Model, Preset};
+use cvae::pretrained::Pretrained;
 use cvae::train::{self, RunOptions, TrainConfig};
 
 #[derive(Parser)]
@@ -66,6 +67,15 @@ enum Command {
         /// The run folder.
         run: PathBuf,
     },
+    /// Write a run's parameters alone (no optimizer state) to a safetensors file, to
+    /// look into, share, or train from (`cvae train --init-from`).
+    Export {
+        /// A run folder (its latest checkpoint) or a checkpoint file.
+        run: PathBuf,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Load a data set and print what it holds (checks the files).
     Data {
         /// A folder with the four MNIST-format IDX files, gzipped or raw (default: the built-in MNIST).
@@ -76,9 +86,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// Which reference model: tf-cvae (TensorFlow's CVAE tutorial) or keras-vae (2-D latent).
-    #[arg(long, value_enum, default_value_t = Preset::TfCvae)]
-    preset: Preset,
+    /// Which reference model: tf-cvae (TensorFlow's CVAE tutorial) or keras-vae (2-D
+    /// latent) [default: tf-cvae, or the preset of --init-from / --pretrained weights].
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
     /// Number of epochs (the reference program trains 100).
     #[arg(long, default_value_t = 100)]
     epochs: u32,
@@ -121,6 +132,13 @@ struct TrainArgs {
     /// Write into a folder that already holds a run, replacing it.
     #[arg(long)]
     force: bool,
+    /// Start from the parameters of this run, checkpoint or weights file (with a fresh
+    /// optimizer): fine-tuning, e.g. on another --data-dir.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["resume", "pretrained"])]
+    init_from: Option<PathBuf>,
+    /// Start from the weights built into cvae (with a fresh optimizer).
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    pretrained: Option<Pretrained>,
     /// Kernel family for every layer; auto times each family on each layer once per
     /// adapter and keeps the fastest (cached in the user's cache folder).
     #[arg(long, value_enum, default_value_t = Variant::Auto)]
@@ -161,9 +179,13 @@ struct BenchCli {
 
 /// Where a look-inside command reads its model and runs.
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("model").required(true).args(["run", "pretrained"])))]
 struct ModelArgs {
-    /// A run folder (its latest checkpoint) or a checkpoint file.
-    run: PathBuf,
+    /// A run folder (its latest checkpoint), a checkpoint or a weights file.
+    run: Option<PathBuf>,
+    /// Use the weights built into cvae instead of a run (no training needed).
+    #[arg(long, value_enum)]
+    pretrained: Option<Pretrained>,
     #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
     adapter: AdapterChoice,
     /// The PNG to write [default: inside the run folder].
@@ -251,9 +273,13 @@ struct InterpolateArgs {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("model").required(true).args(["run", "pretrained"])))]
 struct EvalArgs {
-    /// A run folder (its latest checkpoint) or a checkpoint file.
-    run: PathBuf,
+    /// A run folder (its latest checkpoint), a checkpoint or a weights file.
+    run: Option<PathBuf>,
+    /// Use the weights built into cvae instead of a run.
+    #[arg(long, value_enum)]
+    pretrained: Option<Pretrained>,
     #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
     adapter: AdapterChoice,
     /// Importance samples per image for log p(x) (the literature uses up to 5,000).
@@ -279,23 +305,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Train(a) => train(a),
         Command::Bench(b) => bench(b),
         Command::Sample(a) => {
-            let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
+            let s = inspect::Session::open(&source(a.m.run, a.m.pretrained), a.m.adapter)?;
             wrote(inspect::sample(&s, a.n, a.seed, a.temperature, a.m.out)?)
         }
         Command::Reconstruct(a) => {
-            let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
+            let s = inspect::Session::open(&source(a.m.run, a.m.pretrained), a.m.adapter)?;
             wrote(inspect::reconstruct(&s, a.n, a.start, a.sample, a.seed, a.data_dir.as_deref(), a.m.out)?)
         }
         Command::Manifold(a) => {
-            let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
+            let s = inspect::Session::open(&source(a.m.run, a.m.pretrained), a.m.adapter)?;
             wrote(inspect::manifold(&s, a.n, &a.axes, a.data_dir.as_deref(), a.m.out)?)
         }
         Command::Scatter(a) => {
-            let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
+            let s = inspect::Session::open(&source(a.m.run, a.m.pretrained), a.m.adapter)?;
             wrote(inspect::scatter(&s, a.data_dir.as_deref(), a.test_size, a.m.out)?)
         }
         Command::Interpolate(a) => {
-            let s = inspect::Session::open(&a.m.run, a.m.adapter)?;
+            let s = inspect::Session::open(&source(a.m.run, a.m.pretrained), a.m.adapter)?;
             wrote(inspect::interpolate(&s, a.from, a.to, a.steps, a.slerp, a.data_dir.as_deref(), a.m.out)?)
         }
         Command::Eval(a) => eval(a),
@@ -305,11 +331,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Data { data_dir } => data(data_dir),
+        Command::Export { run, out } => export(&run, &out),
+    }
+}
+
+/// A run path or built-in weights (clap makes sure exactly one was given).
+fn source(run: Option<PathBuf>, pretrained: Option<Pretrained>) -> inspect::Source {
+    match (run, pretrained) {
+        (_, Some(p)) => inspect::Source::Pretrained(p),
+        (Some(r), None) => inspect::Source::Path(r),
+        (None, None) => inspect::Source::Pretrained(Pretrained::TfCvae),
     }
 }
 
 fn wrote(path: PathBuf) -> Result<ExitCode> {
     println!("wrote {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(run: &std::path::Path, out: &std::path::Path) -> Result<ExitCode> {
+    let ck = cvae::checkpoint::load(run)?;
+    let model = ck.config.model()?;
+    cvae::checkpoint::save_weights(out, &model, &ck, &[("exported_from", run.display().to_string())])?;
+    println!("wrote {} ({} parameters of {} after epoch {})", out.display(), model.num_params, ck.config.preset, ck.epoch);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -341,7 +385,7 @@ fn data(data_dir: Option<PathBuf>) -> Result<ExitCode> {
 }
 
 fn eval(a: EvalArgs) -> Result<ExitCode> {
-    let s = inspect::Session::open(&a.run, a.adapter)?;
+    let s = inspect::Session::open(&source(a.run, a.pretrained), a.adapter)?;
     let r = inspect::evaluate(&s, a.samples, a.seed, a.data_dir.as_deref(), a.test_size, !a.json)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -383,20 +427,42 @@ fn bench(b: BenchCli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The weights a run starts from (`--init-from`, `--pretrained`) and how to name them.
+fn init_weights(a: &TrainArgs) -> Result<Option<(cvae::checkpoint::Checkpoint, String)>> {
+    Ok(match (&a.init_from, a.pretrained) {
+        (Some(f), _) => Some((cvae::checkpoint::load(f)?, f.display().to_string())),
+        (None, Some(p)) => Some((p.load()?, format!("pretrained {}", p.name()))),
+        (None, None) => None,
+    })
+}
+
 fn train(a: TrainArgs) -> Result<ExitCode> {
+    let init = init_weights(&a)?;
+    // The weights fix the model: its preset and latent size, unless given and different.
+    let from = init.as_ref().map(|(ck, _)| &ck.config);
+    let preset = a.preset.or(from.map(|c| c.preset)).unwrap_or(Preset::TfCvae);
+    let latent_dim = a.latent_dim.or(from.filter(|c| c.preset == preset).map(|c| c.latent_dim)).unwrap_or(preset.default_latent());
+    if let Some(c) = from.filter(|c| (c.preset, c.latent_dim) != (preset, latent_dim)) {
+        cvae::usage!(
+            "the weights to start from are {} with latent {}, not {preset} with latent {latent_dim}; leave out --preset and --latent-dim, or start from other weights",
+            c.preset,
+            c.latent_dim
+        );
+    }
     let config = TrainConfig {
-        preset: a.preset,
-        latent_dim: a.latent_dim.unwrap_or(a.preset.default_latent()),
-        batch_size: a.batch_size.unwrap_or(a.preset.default_batch()),
+        preset,
+        latent_dim,
+        batch_size: a.batch_size.unwrap_or(preset.default_batch()),
         epochs: a.epochs,
-        lr: a.lr.unwrap_or(a.preset.default_optimizer().lr()),
+        lr: a.lr.unwrap_or(preset.default_optimizer().lr()),
         seed: a.seed,
-        kl: a.kl.unwrap_or(a.preset.default_kl()),
+        kl: a.kl.or(from.map(|c| c.kl)).unwrap_or(preset.default_kl()),
         binarize: !a.no_binarize,
         train_size: a.train_size.unwrap_or(usize::MAX),
         test_size: a.test_size.unwrap_or(usize::MAX),
-        data_dir: a.data_dir,
+        data_dir: a.data_dir.clone(),
         kernels: Default::default(),
+        init_from: init.as_ref().map(|(_, name)| name.clone()),
     };
     let resume = a.resume.is_some();
     let out = a.resume.or(a.out).unwrap_or_else(train::default_out_dir);
@@ -419,6 +485,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         interrupt: Some(flag),
         variant: a.variant,
         kernel_cache: None,
+        init_params: init.map(|(ck, _)| ck.params),
     };
     match train::run(config, &opts) {
         Ok(_) => Ok(ExitCode::SUCCESS),

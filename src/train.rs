@@ -45,6 +45,9 @@ pub struct RunOptions {
     pub variant: Variant,
     /// Where measured kernel choices are cached (None: the user's cache folder).
     pub kernel_cache: Option<PathBuf>,
+    /// A fresh run starts from these parameters (flat layout) instead of the
+    /// initialisation of the seed; `config.init_from` names them.
+    pub init_params: Option<Vec<f32>>,
 }
 
 /// The result of a run, for callers and tests.
@@ -98,6 +101,13 @@ fn open_run(config: TrainConfig, opts: &RunOptions) -> Result<Opened> {
     // Resume: the saved config rules, except the number of epochs and, when asked, the learning rate.
     let (mut config, resumed) = if opts.resume {
         let ck = checkpoint::load(out).with_context(|| format!("cannot resume from {}", out.display()))?;
+        if !ck.resumable {
+            crate::usage!(
+                "{} holds parameters only (no optimizer state, no step count), so a run cannot resume from it exactly; start a new run from these weights with `cvae train --init-from {} --out NEW_FOLDER`",
+                out.display(),
+                out.display()
+            );
+        }
         let mut c = ck.config.clone();
         c.epochs = config.epochs.max(ck.epoch);
         if let Some(lr) = opts.resume_lr {
@@ -146,9 +156,17 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             plan::choose(&gpu, &kernels, &model, config.batch_size, opts.variant, opts.kernel_cache.as_deref(), opts.quiet)?.plan;
     }
     let fixed_z = Rng::new(config.seed).normals(Stream::Samples, 0, GRID * model.latent);
-    let init = match &resumed {
-        Some(ck) => ck.params.clone(),
-        None => model.init_params(config.seed),
+    let init = match (&resumed, &opts.init_params) {
+        (Some(ck), _) => ck.params.clone(),
+        (None, Some(p)) if p.len() == model.num_params => p.clone(),
+        (None, Some(p)) => bail!(
+            "the weights to start from hold {} parameters; {} with latent {} has {}",
+            p.len(),
+            config.preset,
+            config.latent_dim,
+            model.num_params
+        ),
+        (None, None) => model.init_params(config.seed),
     };
     let spec = TrainerSpec {
         model: &model,
@@ -263,7 +281,7 @@ impl Run<'_> {
     /// Write the checkpoint: the state after `epoch` (or inside an interrupted epoch).
     fn save(&self, trainer: &Trainer<'_>, epoch: u32, partial: Option<checkpoint::Partial>) -> Result<()> {
         let (params, slots) = trainer.read_state()?;
-        let ck = Checkpoint { config: self.config.clone(), epoch, step: trainer.step(), params, slots, partial };
+        let ck = Checkpoint { config: self.config.clone(), epoch, step: trainer.step(), params, slots, partial, resumable: true };
         checkpoint::save(&self.opts.out.join(checkpoint::FILE), self.model, &self.config.optimizer(), &ck)
     }
 

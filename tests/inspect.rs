@@ -29,6 +29,7 @@ fn run_dir() -> &'static PathBuf {
             test_size: 40,
             data_dir: None,
             kernels: Default::default(),
+            init_from: None,
         };
         train::run(
             config,
@@ -42,6 +43,7 @@ fn run_dir() -> &'static PathBuf {
                 interrupt: None,
                 variant: cvae::gpu::ops::Variant::Auto,
                 kernel_cache: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_cache")),
+                init_params: None,
             },
         )
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -50,7 +52,7 @@ fn run_dir() -> &'static PathBuf {
 }
 
 fn session() -> Session {
-    Session::open(run_dir(), AdapterChoice::Auto).unwrap_or_else(|e| panic!("{e:#}"))
+    Session::open(&inspect::Source::Path(run_dir().clone()), AdapterChoice::Auto).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Open a PNG, check its size, and that it is not one flat color.

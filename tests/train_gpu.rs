@@ -147,6 +147,7 @@ fn config(epochs: u32) -> TrainConfig {
         test_size: 70,
         data_dir: None,
         kernels: Default::default(),
+        init_from: None,
     }
 }
 
@@ -163,6 +164,7 @@ fn opts(out: &Path, resume: bool) -> RunOptions {
         interrupt: None,
         variant: Variant::Blocked,
         kernel_cache: None,
+        init_params: None,
     }
 }
 

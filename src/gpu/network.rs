@@ -82,7 +82,7 @@ impl<'a> Network<'a> {
         let dec = chain("decoder", ("z", model.latent), &model.decoder);
         Ok(Network {
             ops,
-            plan,
+            plan: plan.for_device(gpu),
             model,
             cap,
             params: gpu.upload("params", params),

@@ -1,7 +1,7 @@
 //! Which kernel family runs each op of each layer: chosen by measurement, per adapter.
 //!
-//! The first time cvae meets an adapter (name, driver, backend, cvae version) with a
-//! model and batch size, it times every family the adapter offers on every op of
+//! The first time cvae meets an adapter (name, driver, backend, cvae version and its
+//! shaders' text) with a model and batch size, it times every family the adapter offers on every op of
 //! every layer at its real shape, checks each result against the others, keeps the
 //! fastest, and caches the choice in the user's cache folder; later runs read it. A
 //! training run writes its plan into `config.json` and the checkpoint, and `--resume`
@@ -66,6 +66,13 @@ impl Plan {
     /// Every site of `model` forced to one variant (`--variant`).
     pub fn uniform(model: &Model, variant: Variant) -> Plan {
         Plan(sites(model).into_iter().map(|(l, op)| (Self::key(&label(model, l), op), variant)).collect())
+    }
+
+    /// This plan on `gpu`: a site whose family the adapter does not offer (a plan
+    /// measured on another adapter, the shipped weights') runs `Variant::Auto`.
+    pub fn for_device(&self, gpu: &Gpu) -> Plan {
+        let offered = offered(gpu);
+        Plan(self.0.iter().map(|(k, v)| (k.clone(), if offered.contains(v) { *v } else { Variant::Auto })).collect())
     }
 
     /// How many sites run each variant, e.g. "subgroup 9, blocked 5".
@@ -350,23 +357,30 @@ fn host_cpu(gpu: &Gpu) -> String {
     format!("{model}|{}", std::env::var("GALLIUM_OVERRIDE_CPU_CAPS").unwrap_or_default())
 }
 
-/// The cache file for this adapter, cvae version, model and batch, in `dir`.
+/// FNV-1a: a stable hash for file names (std's hasher may change between releases).
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The cache file for this adapter, cvae version and kernels, model and batch, in `dir`.
 fn cache_file(dir: Option<PathBuf>, gpu: &Gpu, model: &Model, batch: usize) -> Option<PathBuf> {
     let i = &gpu.info;
+    // The kernels themselves, not only the version: a changed shader is a new contest.
+    let shaders: String = super::kernels::SHADER_FILES.iter().map(|(_, src)| *src).collect();
     let key = format!(
-        "{}|{}|{}|{:?}|{}|{}|{}|{}|{}",
+        "{}|{}|{}|{:?}|{}|{}|{:016x}|{}|{}|{}",
         i.name,
         i.driver,
         i.driver_info,
         i.backend,
         host_cpu(gpu),
         env!("CARGO_PKG_VERSION"),
+        fnv1a(&shaders),
         model.preset,
         model.latent,
         batch
     );
-    // FNV-1a: a stable name for the key (std's hasher may change between releases).
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let hash = fnv1a(&key);
     dir.map(|d| d.join(format!("kernels-{hash:016x}.json")))
 }
 
