@@ -62,6 +62,8 @@ enum Command {
     Interpolate(InterpolateArgs),
     /// Test-set ELBO, its two terms, and an importance-weighted log p(x).
     Eval(EvalArgs),
+    /// A local web page: watch a run train, and explore a model's latent space with the pointer.
+    Serve(ServeArgs),
     /// Rebuild a run folder's animated GIF from its epoch grids.
     Gif {
         /// The run folder.
@@ -146,6 +148,43 @@ struct TrainArgs {
     /// No progress bar and no per-epoch lines.
     #[arg(long, short)]
     quiet: bool,
+    /// Also serve the web page of the run (training curve, grids, latent space) while it trains.
+    #[arg(long)]
+    serve: bool,
+    #[command(flatten)]
+    listen: Listen,
+}
+
+/// Where the web page listens.
+#[derive(clap::Args)]
+struct Listen {
+    /// Address to serve on; anything but 127.0.0.1 lets other machines in (no login).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to serve on (0 for any free one).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("model").required(true).args(["run", "pretrained"])))]
+struct ServeArgs {
+    /// A run folder (its curve and grids are shown too, and the model reloads after
+    /// each epoch), a checkpoint or a weights file.
+    run: Option<PathBuf>,
+    /// Use the weights built into cvae instead of a run.
+    #[arg(long, value_enum)]
+    pretrained: Option<Pretrained>,
+    #[command(flatten)]
+    listen: Listen,
+    #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
+    adapter: AdapterChoice,
+    /// How many test images' latent means the page plots.
+    #[arg(long, default_value_t = 2000)]
+    points: usize,
+    /// Read test images from this folder instead of the model's data set.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -325,6 +364,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             wrote(inspect::interpolate(&s, a.from, a.to, a.steps, a.slerp, a.data_dir.as_deref(), a.m.out)?)
         }
         Command::Eval(a) => eval(a),
+        Command::Serve(a) => serve(a),
         Command::Gif { run } => {
             let frames = cvae::images::write_gif(&run, &run.join("cvae.gif"))?;
             println!("wrote {} ({frames} frames)", run.join("cvae.gif").display());
@@ -427,6 +467,30 @@ fn bench(b: BenchCli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn serve_options(source: inspect::Source, listen: &Listen, adapter: AdapterChoice) -> cvae::serve::ServeOptions {
+    if !matches!(listen.host.as_str(), "127.0.0.1" | "localhost" | "::1") {
+        eprintln!("warning: serving on {}: anyone who can reach this machine can use the page (it has no login)", listen.host);
+    }
+    let run_dir = match &source {
+        inspect::Source::Path(p) if p.is_dir() => Some(p.clone()),
+        _ => None,
+    };
+    cvae::serve::ServeOptions { source, host: listen.host.clone(), port: listen.port, adapter, points: 2000, data_dir: None, run_dir }
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode> {
+    if let Some(run) = a.run.as_ref().filter(|r| !r.exists()) {
+        cvae::usage!("{} does not exist: give a run folder, a checkpoint or a weights file, or --pretrained", run.display());
+    }
+    let mut opts = serve_options(source(a.run, a.pretrained), &a.listen, a.adapter);
+    opts.points = a.points;
+    opts.data_dir = a.data_dir;
+    let server = cvae::serve::start(opts, None)?;
+    println!("serving on {} (Ctrl-C to stop)", server.url);
+    server.wait();
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The weights a run starts from (`--init-from`, `--pretrained`) and how to name them.
 fn init_weights(a: &TrainArgs) -> Result<Option<(cvae::checkpoint::Checkpoint, String)>> {
     Ok(match (&a.init_from, a.pretrained) {
@@ -434,6 +498,35 @@ fn init_weights(a: &TrainArgs) -> Result<Option<(cvae::checkpoint::Checkpoint, S
         (None, Some(p)) => Some((p.load()?, format!("pretrained {}", p.name()))),
         (None, None) => None,
     })
+}
+
+/// Ctrl-C: finish the batch in flight, save, exit; a second Ctrl-C exits at once, and
+/// so does the first once training is over (while the page is still served). Returns
+/// the flag the run watches and the one that says training is over.
+fn on_ctrl_c() -> (Arc<AtomicBool>, Arc<AtomicBool>) {
+    let flag = Arc::new(AtomicBool::new(false));
+    let trained = Arc::new(AtomicBool::new(false));
+    let (f, done) = (flag.clone(), trained.clone());
+    let _ = ctrlc::set_handler(move || {
+        if done.load(Ordering::SeqCst) {
+            std::process::exit(0);
+        }
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after the batch in flight (Ctrl-C again to quit at once)");
+    });
+    (flag, trained)
+}
+
+/// `train --serve`: the page of the run folder `out`, with the run's live progress.
+fn serve_run(out: &std::path::Path, a: &TrainArgs, live: Arc<cvae::live::Live>) -> Result<cvae::serve::Server> {
+    let mut opts = serve_options(inspect::Source::Path(out.to_path_buf()), &a.listen, a.adapter);
+    // The folder may not exist yet: the page waits for its first epoch.
+    opts.run_dir = Some(out.to_path_buf());
+    let s = cvae::serve::start(opts, Some(live))?;
+    println!("serving the run on {}", s.url);
+    Ok(s)
 }
 
 fn train(a: TrainArgs) -> Result<ExitCode> {
@@ -465,16 +558,13 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         init_from: init.as_ref().map(|(_, name)| name.clone()),
     };
     let resume = a.resume.is_some();
-    let out = a.resume.or(a.out).unwrap_or_else(train::default_out_dir);
-    // Ctrl-C: finish the batch in flight, save, exit; a second Ctrl-C exits at once.
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    let _ = ctrlc::set_handler(move || {
-        if f.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping after the batch in flight (Ctrl-C again to quit at once)");
-    });
+    let out = a.resume.clone().or(a.out.clone()).unwrap_or_else(train::default_out_dir);
+    let (flag, trained) = on_ctrl_c();
+    let live = a.serve.then(|| Arc::new(cvae::live::Live::default()));
+    let server = match &live {
+        Some(l) => Some(serve_run(&out, &a, l.clone())?),
+        None => None,
+    };
     let opts = RunOptions {
         out,
         adapter: a.adapter,
@@ -486,9 +576,21 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
         variant: a.variant,
         kernel_cache: None,
         init_params: init.map(|(ck, _)| ck.params),
+        live: live.clone(),
     };
-    match train::run(config, &opts) {
-        Ok(_) => Ok(ExitCode::SUCCESS),
+    let result = train::run(config, &opts);
+    if let Some(l) = &live {
+        l.stop();
+    }
+    match result {
+        Ok(_) => {
+            if let Some(s) = server {
+                trained.store(true, Ordering::SeqCst);
+                println!("training done; still serving on {} (Ctrl-C to stop)", s.url);
+                s.wait();
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Err(e) if e.downcast_ref::<train::Interrupted>().is_some() => {
             eprintln!("{e}");
             Ok(ExitCode::from(130))

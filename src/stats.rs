@@ -55,6 +55,16 @@ pub fn logsumexp(v: &[f64]) -> f64 {
 /// The mean and the first two principal directions (unit vectors, with the
 /// standard deviation along each) of rows of `dim` values.
 pub fn pca2(rows: &[f32], dim: usize) -> (Vec<f64>, [(Vec<f64>, f64); 2]) {
+    let (mean, mut dirs) = pca(rows, dim, 2);
+    let second = dirs.pop().expect("two directions");
+    let first = dirs.pop().expect("two directions");
+    (mean, [first, second])
+}
+
+/// The mean and the first `k` principal directions (unit vectors, each with the
+/// standard deviation along it, largest first) of rows of `dim` values: power
+/// iteration on the covariance, deflating after each direction.
+pub fn pca(rows: &[f32], dim: usize, k: usize) -> (Vec<f64>, Vec<(Vec<f64>, f64)>) {
     let n = (rows.len() / dim).max(1);
     let mut mean = vec![0.0f64; dim];
     for r in rows.chunks_exact(dim) {
@@ -71,10 +81,9 @@ pub fn pca2(rows: &[f32], dim: usize) -> (Vec<f64>, [(Vec<f64>, f64); 2]) {
             }
         }
     }
-    // Power iteration, then deflation for the second direction.
     let mut out: Vec<(Vec<f64>, f64)> = Vec::new();
-    for k in 0..2 {
-        let mut v: Vec<f64> = (0..dim).map(|i| if i == k { 1.0 } else { 0.1 / (1.0 + i as f64) }).collect();
+    for d in 0..k.min(dim) {
+        let mut v: Vec<f64> = (0..dim).map(|i| if i == d { 1.0 } else { 0.1 / (1.0 + i as f64) }).collect();
         let mut lambda = 0.0;
         for _ in 0..500 {
             let mut w: Vec<f64> = (0..dim).map(|i| (0..dim).map(|j| cov[i * dim + j] * v[j]).sum()).collect();
@@ -93,9 +102,7 @@ pub fn pca2(rows: &[f32], dim: usize) -> (Vec<f64>, [(Vec<f64>, f64); 2]) {
         }
         out.push((v, lambda.max(0.0).sqrt()));
     }
-    let second = out.pop().expect("two directions");
-    let first = out.pop().expect("two directions");
-    (mean, [first, second])
+    (mean, out)
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ pub struct RunOptions {
     /// A fresh run starts from these parameters (flat layout) instead of the
     /// initialisation of the seed; `config.init_from` names them.
     pub init_params: Option<Vec<f32>>,
+    /// Where to publish the progress inside each epoch (`cvae train --serve`).
+    pub live: Option<Arc<crate::live::Live>>,
 }
 
 /// The result of a run, for callers and tests.
@@ -248,9 +250,13 @@ impl Run<'_> {
         };
         bar.inc((first * config.batch_size).min(self.train_len) as u64);
         let steps = trainer.steps_per_epoch();
+        let resumed_at = (first * config.batch_size).min(self.train_len);
+        let mut done = resumed_at;
         for j in first..steps {
             let n = trainer.train_step(j)?;
             bar.inc(n as u64);
+            done += n;
+            self.publish(epoch, done, (done - resumed_at) as f64 / t0.elapsed().as_secs_f64().max(1e-9));
             if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) && j + 1 < steps {
                 // Ctrl-C: the batch in flight is finished; save where the epoch stands.
                 losses.extend(&trainer.read_train_losses(j + 1)?[first..]);
@@ -276,6 +282,21 @@ impl Run<'_> {
         self.save(trainer, epoch, None)?;
         self.last_complete = epoch;
         Ok(elbo)
+    }
+
+    /// Tell a same-process server how far the epoch is: `done` images, at `rate` per second.
+    fn publish(&self, epoch: u32, done: usize, rate: f64) {
+        let Some(live) = &self.opts.live else { return };
+        let left = (self.train_len - done) + (self.config.epochs - epoch) as usize * self.train_len;
+        live.set(crate::live::Progress {
+            epoch,
+            epochs: self.config.epochs,
+            images: done,
+            epoch_images: self.train_len,
+            images_per_second: rate,
+            eta_seconds: left as f64 / rate.max(1e-9),
+            running: true,
+        });
     }
 
     /// Write the checkpoint: the state after `epoch` (or inside an interrupted epoch).

@@ -44,6 +44,7 @@ fn run_dir() -> &'static PathBuf {
                 variant: cvae::gpu::ops::Variant::Auto,
                 kernel_cache: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_cache")),
                 init_params: None,
+                live: None,
             },
         )
         .unwrap_or_else(|e| panic!("{e:#}"));

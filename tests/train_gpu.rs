@@ -165,6 +165,7 @@ fn opts(out: &Path, resume: bool) -> RunOptions {
         variant: Variant::Blocked,
         kernel_cache: None,
         init_params: None,
+        live: None,
     }
 }
 
