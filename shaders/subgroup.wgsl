@@ -128,26 +128,42 @@ fn pack_scalars(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
 }
 
-// Row `m` of im2col(x) at reduction index 4 kq .. 4 kq + 4, for the output pixel whose
-// window starts at (iy0, ix0) of the image starting at row bh. `lane_tap` is this
-// lane's (ti, tj, c4) when C % 4 == 0 (one vec4 load); otherwise four scalars.
-fn gather_x(bh: u32, iy0: i32, ix0: i32, kq: u32, lane_tap: vec3<u32>) -> vec4<f32> {
+// Kernel rows 4 k4 .. 4 k4 + 4 as taps (ti, tj) and channels c, and whether each row
+// exists: worked out once per step of the reduction or per invocation, outside the
+// loops over pixels.
+struct KernelRows { ti: vec4<i32>, tj: vec4<i32>, c: vec4<u32>, live: vec4<bool> }
+
+fn kernel_rows(k4: u32) -> KernelRows {
     let k_total = p.k_h * p.k_w * p.in_c;
+    var r: KernelRows;
+    for (var q = 0u; q < 4u; q++) {
+        let k = 4u * k4 + q;
+        let tap = k / p.in_c;
+        r.ti[q] = i32(tap / p.k_w);
+        r.tj[q] = i32(tap % p.k_w);
+        r.c[q] = k % p.in_c;
+        r.live[q] = k < k_total;
+    }
+    return r;
+}
+
+// Row `m` of im2col(x) at kernel rows `r` (this lane's 4 kq .. 4 kq + 4), for the
+// output pixel whose window starts at (iy0, ix0) of the image starting at row bh: one
+// vec4 load when C % 4 == 0, otherwise four scalars.
+fn gather_x(bh: u32, iy0: i32, ix0: i32, r: KernelRows) -> vec4<f32> {
     if p.in_c % 4u == 0u {
-        let iy = iy0 + i32(lane_tap.x);
-        let ix = ix0 + i32(lane_tap.y);
-        let ok = 4u * kq < k_total && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+        let iy = iy0 + r.ti.x;
+        let ix = ix0 + r.tj.x;
+        let ok = r.live.x && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
         let pix = select(0u, (bh + u32(iy)) * p.in_w + u32(ix), ok);
-        return select(vec4<f32>(0.0), textureLoad(xtex, texel(pix, lane_tap.z, p.in_c / 4u), 0), ok);
+        return select(vec4<f32>(0.0), textureLoad(xtex, texel(pix, r.c.x / 4u, p.in_c / 4u), 0), ok);
     }
     var v = vec4<f32>(0.0);
     for (var q = 0u; q < 4u; q++) {
-        let k = 4u * kq + q;
-        let tap = k / p.in_c;
-        let iy = iy0 + i32(tap / p.k_w);
-        let ix = ix0 + i32(tap % p.k_w);
-        let ok = k < k_total && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
-        let idx = ((bh + u32(iy)) * p.in_w + u32(ix)) * p.in_c + k % p.in_c;
+        let iy = iy0 + r.ti[q];
+        let ix = ix0 + r.tj[q];
+        let ok = r.live[q] && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+        let idx = ((bh + u32(iy)) * p.in_w + u32(ix)) * p.in_c + r.c[q];
         v[q] = select(0.0, x_at(select(0u, idx, ok)), ok);
     }
     return v;
@@ -187,13 +203,11 @@ fn conv2d_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
     var acc{I} = vec4<f32>(0.0);
     //#end
     for (var k0 = 0u; k0 < kq_total; k0 += 8u) {
-        // This lane's vec4 of the reduction: tap (ti, tj) and channel block c4.
-        let kq = k0 + lane;
-        let c4s = max(p.in_c / 4u, 1u);
-        let tap = kq / c4s;
-        let lane_tap = vec3<u32>(tap / p.k_w, tap % p.k_w, kq % c4s);
+        // This lane's vec4 of the reduction: its taps and channels, worked out once
+        // for all 32 rows (a vector integer division is slow on a SIMD CPU).
+        let rows = kernel_rows(k0 + lane);
         //#unroll I 32
-        let a{I} = gather_x(bh{I}, iy{I}, ix{I}, kq, lane_tap);
+        let a{I} = gather_x(bh{I}, iy{I}, ix{I}, rows);
         //#end
         //#unroll J 8
         //#unroll C 4
@@ -331,36 +345,50 @@ fn conv2d_backward_input_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin
     //#end
 }
 
-// Where output pixel m's window starts: (first row of its image, row, column).
-fn window(m: u32) -> vec3<i32> {
-    let bh = m / (p.out_h * p.out_w) * p.in_h;
-    let iy0 = i32((m / p.out_w) % p.out_h * p.stride) - i32(p.pad_top);
-    let ix0 = i32(m % p.out_w * p.stride) - i32(p.pad_left);
-    return vec3<i32>(i32(bh), iy0, ix0);
+// The image and coarse pixel (b, oy, ox) of output pixel m.
+fn coarse_pos(m: u32) -> vec3<u32> {
+    return vec3<u32>(m / (p.out_h * p.out_w), (m / p.out_w) % p.out_h, m % p.out_w);
 }
 
-// Rows 4 k4 .. 4 k4 + 4 of im2col(x)^T at the output pixel with window `w`: x at the
-// pixel those kernel rows (tap, c) meet, four channels of one tap (C % 4 == 0) or
-// four (tap, c) pairs.
-fn gather_xt(w: vec3<i32>, ok_m: bool, k4: u32) -> vec4<f32> {
-    let k_total = p.k_h * p.k_w * p.in_c;
+// The pixel 8 further on than `pos`, by steps of one (no division: a uniform loop of
+// compares and selects, far cheaper on a SIMD CPU than a vector integer division).
+fn advance8(pos: vec3<u32>) -> vec3<u32> {
+    var q = pos;
+    for (var s = 0u; s < 8u; s++) {
+        q.z += 1u;
+        let wrap_x = q.z == p.out_w;
+        q.z = select(q.z, 0u, wrap_x);
+        q.y += u32(wrap_x);
+        let wrap_y = q.y == p.out_h;
+        q.y = select(q.y, 0u, wrap_y);
+        q.x += u32(wrap_y);
+    }
+    return q;
+}
+
+// Where the window of the output pixel at `pos` starts: (first row of its image, row, column).
+fn window(pos: vec3<u32>) -> vec3<i32> {
+    return vec3<i32>(i32(pos.x * p.in_h), i32(pos.y * p.stride) - i32(p.pad_top), i32(pos.z * p.stride) - i32(p.pad_left));
+}
+
+// Rows `r` of im2col(x)^T at the output pixel with window `w`: x at the pixel those
+// kernel rows (tap, c) meet, four channels of one tap (C % 4 == 0) or four (tap, c)
+// pairs.
+fn gather_xt(w: vec3<i32>, ok_m: bool, r: KernelRows) -> vec4<f32> {
     let bh = u32(w.x);
     if p.in_c % 4u == 0u {
-        let tap = 4u * k4 / p.in_c;
-        let iy = w.y + i32(tap / p.k_w);
-        let ix = w.z + i32(tap % p.k_w);
-        let ok = ok_m && 4u * k4 < k_total && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+        let iy = w.y + r.ti.x;
+        let ix = w.z + r.tj.x;
+        let ok = ok_m && r.live.x && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
         let pix = select(0u, (bh + u32(iy)) * p.in_w + u32(ix), ok);
-        return select(vec4<f32>(0.0), textureLoad(xtex, texel(pix, k4 % (p.in_c / 4u), p.in_c / 4u), 0), ok);
+        return select(vec4<f32>(0.0), textureLoad(xtex, texel(pix, r.c.x / 4u, p.in_c / 4u), 0), ok);
     }
     var v = vec4<f32>(0.0);
     for (var q = 0u; q < 4u; q++) {
-        let k = 4u * k4 + q;
-        let tap = k / p.in_c;
-        let iy = w.y + i32(tap / p.k_w);
-        let ix = w.z + i32(tap % p.k_w);
-        let ok = ok_m && k < k_total && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
-        let idx = ((bh + u32(iy)) * p.in_w + u32(ix)) * p.in_c + k % p.in_c;
+        let iy = w.y + r.ti[q];
+        let ix = w.z + r.tj[q];
+        let ok = ok_m && r.live[q] && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+        let idx = ((bh + u32(iy)) * p.in_w + u32(ix)) * p.in_c + r.c[q];
         v[q] = select(0.0, x_at(select(0u, idx, ok)), ok);
     }
     return v;
@@ -395,10 +423,11 @@ fn store_part(slice: u32, k: u32, c4: u32, v: vec4<f32>) {
     }
 }
 
-// Bindings: p, x4, dy4, part4. Grid: (ceil(blocks / 4), slices) workgroups of 4
+// Bindings: p, x4, dy4, part4. Grid: ceil(blocks * slices / 4) workgroups of 4
 // subgroups, where the kernel's K x F (K = kh * kw * C) is cut into blocks of 32 rows
-// x 32 channels; subgroup s of workgroup gx takes block 4 gx + s (row block fastest),
-// its lane l 4 channels of that block.
+// x 32 channels; subgroup s of workgroup gx takes unit 4 gx + s of the blocks x slices
+// (block fastest, row block fastest within it: a 1-channel layer has one block, so its
+// subgroups go to different slices), its lane l 4 channels of that block.
 // One invocation: part[slice][k, f] = sum over the slice's output pixels m of
 // im2col(x)[m, k] * dy[m, f] for its 32 kernel rows x 4 channels. Per 8 pixels each lane
 // loads 8 vec4 of x (one pixel each, broadcast to the others) and 8 of dy.
@@ -409,10 +438,12 @@ fn conv2d_backward_kernel_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builti
     let f4s = (p.out_c + 3u) / 4u;
     let row_blocks = (k_total + 31u) / 32u;
     let blocks = row_blocks * ((f4s + 7u) / 8u);
-    // Past the last block an invocation repeats the last one and stores nothing.
-    let block = min(wg.x * 4u + li / 8u, blocks - 1u);
-    let stores = wg.x * 4u + li / 8u < blocks;
-    let slice = wg.y;
+    // Past the last unit an invocation repeats the last one and stores nothing.
+    let units = blocks * p.slices;
+    let unit = min(wg.x * 4u + li / 8u, units - 1u);
+    let stores = wg.x * 4u + li / 8u < units;
+    let block = unit % blocks;
+    let slice = unit / blocks;
     let col = block / row_blocks * 8u + li % 8u;
     let f4 = min(col, f4s - 1u);
     let r0 = block % row_blocks * 32u;
@@ -420,18 +451,21 @@ fn conv2d_backward_kernel_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builti
     let m_begin = slice * p.slice_images * plane;
     let m_end = min((slice + 1u) * p.slice_images, p.batch) * plane;
     //#unroll G 8
+    let rows{G} = kernel_rows(r0 / 4u + {G}u);
     //#unroll C 4
     var acc{G}{C} = vec4<f32>(0.0);
     //#end
     //#end
+    var pos = coarse_pos(m_begin + lane);
     for (var m0 = m_begin; m0 < m_end; m0 += 8u) {
         let m = m0 + lane;
-        let w = window(min(m, m_end - 1u));
+        let w = window(pos);
+        pos = advance8(pos);
         // Row groups past K (a kernel of fewer than 32 rows) are skipped: the condition
         // is the same for the whole workgroup, so the branch is a real one.
         //#unroll G 8
         var a{G} = vec4<f32>(0.0);
-        if 4u * {G}u < k_total { a{G} = gather_xt(w, m < m_end, r0 / 4u + {G}u); }
+        if 4u * {G}u < k_total { a{G} = gather_xt(w, m < m_end, rows{G}); }
         //#end
         //#unroll J 8
         let d{J} = dy_row(m0 + {J}u, m_end, f4);

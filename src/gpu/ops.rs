@@ -480,11 +480,13 @@ impl Ops<'_> {
     /// the batch, enough of them to give every core work, then their reduction in order.
     fn backward_kernel_subgroup(&self, g: &ConvGeom, x: &wgpu::Buffer, dy: &wgpu::Buffer, grads: Weights<'_>) -> Result<Dispatch> {
         let (rows, cols4) = (g.k_h * g.k_w * g.in_c, g.out_c.div_ceil(4));
-        let groups = (cols4.div_ceil(8) * rows.div_ceil(32)).div_ceil(4);
-        // At least 32 workgroups; each invocation loops over a slice's pixels 8 at a time.
+        let blocks = cols4.div_ceil(8) * rows.div_ceil(32);
+        // At least 128 subgroups (one per block and slice); each invocation loops over a
+        // slice's pixels 8 at a time.
         let plane = g.out_h * g.out_w;
-        let images = g.batch.div_ceil(32usize.div_ceil(groups)).min(8 * LOOP_BUDGET / plane).max(1);
+        let images = g.batch.div_ceil(128usize.div_ceil(blocks)).min(8 * LOOP_BUDGET / plane).max(1);
         let slices = g.batch.div_ceil(images);
+        let groups = (blocks * slices).div_ceil(4);
         let part = self.gpu.zeros("partial kernel gradients", slices * g.kernel_len());
         let un = ConvUniform { slice_images: u(images), slices: u(slices), ..ConvUniform::new(g, grads, false) };
         let mut first: Vec<Dispatch> = Vec::new();
@@ -496,8 +498,7 @@ impl Ops<'_> {
         }
         let buffers = [("part4", &part)];
         let textures = [("xtex", &views[0]), ("dytex", &views[1])];
-        let main =
-            self.k.dispatch_grid(self.gpu, "conv2d_backward_kernel_subgroup", &un, &buffers, &textures, [u(groups), u(slices), 1])?;
+        let main = self.k.dispatch_grid(self.gpu, "conv2d_backward_kernel_subgroup", &un, &buffers, &textures, [u(groups), 1, 1])?;
         let main = first.into_iter().rev().fold(main, |d, f| d.after(f));
         let reduce_buffers = [("grads", grads.params), ("partial_sums", &part)];
         let reduce = self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", &un, &reduce_buffers, g.kernel_len())?;
