@@ -123,46 +123,46 @@ pub fn save(path: &Path, model: &Model, opt: &Optimizer, ck: &Checkpoint) -> Res
             tensors.push((format!("optimizer.{name}.{n}"), shape, data));
         }
     }
+    let mut meta = HashMap::new();
+    describe(&mut meta, FORMAT, model, ck)?;
+    meta.insert("seed".to_string(), ck.config.seed.to_string());
+    meta.insert("rng".to_string(), "pcg4d counter-based: state is (seed, step, epoch)".to_string());
+    if let Some(p) = &ck.partial {
+        meta.insert("partial_epoch".to_string(), serde_json::to_string(p)?);
+    }
+    write_tensors(path, tensors, meta, "checkpoint")
+}
+
+/// The metadata every file of ours carries: its format, the preset, the run's config,
+/// its epoch and step.
+fn describe(meta: &mut HashMap<String, String>, format: &str, model: &Model, ck: &Checkpoint) -> Result<()> {
+    meta.insert("format".to_string(), format.to_string());
+    meta.insert("preset".to_string(), model.preset.name().to_string());
+    meta.insert("config".to_string(), serde_json::to_string(&ck.config)?);
+    meta.insert("epoch".to_string(), ck.epoch.to_string());
+    meta.insert("step".to_string(), ck.step.to_string());
+    Ok(())
+}
+
+/// Serialize f32 tensors with `meta` and write them atomically (`what` names the file).
+fn write_tensors(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<f32>)>, meta: HashMap<String, String>, what: &str) -> Result<()> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
         tensors.into_iter().map(|(n, s, d)| (n, s, bytemuck::cast_slice(&d).to_vec())).collect();
     let views: Vec<(String, TensorView<'_>)> = bytes
         .iter()
         .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
-    let mut meta = HashMap::new();
-    meta.insert("format".to_string(), FORMAT.to_string());
-    meta.insert("preset".to_string(), model.preset.name().to_string());
-    meta.insert("config".to_string(), serde_json::to_string(&ck.config)?);
-    meta.insert("epoch".to_string(), ck.epoch.to_string());
-    meta.insert("step".to_string(), ck.step.to_string());
-    meta.insert("seed".to_string(), ck.config.seed.to_string());
-    meta.insert("rng".to_string(), "pcg4d counter-based: state is (seed, step, epoch)".to_string());
-    if let Some(p) = &ck.partial {
-        meta.insert("partial_epoch".to_string(), serde_json::to_string(p)?);
-    }
-    let data = safetensors::serialize(views, Some(meta)).context("serializing the checkpoint")?;
-    write_atomic(path, &data).with_context(|| format!("writing checkpoint {}", path.display()))
+    let data = safetensors::serialize(views, Some(meta)).with_context(|| format!("serializing the {what}"))?;
+    write_atomic(path, &data).with_context(|| format!("writing {what} {}", path.display()))
 }
 
 /// Write the parameters alone (Keras names and layouts) with the run's config, epoch
 /// and step and any `notes` in the metadata: a file to look into, share, ship, or
 /// start another run from, in a third of a checkpoint's size.
 pub fn save_weights(path: &Path, model: &Model, ck: &Checkpoint, notes: &[(&str, String)]) -> Result<()> {
-    let tensors = named_tensors(model, &ck.params);
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-        tensors.into_iter().map(|(n, s, d)| (n, s, bytemuck::cast_slice(&d).to_vec())).collect();
-    let views: Vec<(String, TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
-        .collect::<Result<_, safetensors::SafeTensorError>>()?;
     let mut meta: HashMap<String, String> = notes.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    meta.insert("format".to_string(), WEIGHTS_FORMAT.to_string());
-    meta.insert("preset".to_string(), model.preset.name().to_string());
-    meta.insert("config".to_string(), serde_json::to_string(&ck.config)?);
-    meta.insert("epoch".to_string(), ck.epoch.to_string());
-    meta.insert("step".to_string(), ck.step.to_string());
-    let data = safetensors::serialize(views, Some(meta)).context("serializing the weights")?;
-    write_atomic(path, &data).with_context(|| format!("writing weights {}", path.display()))
+    describe(&mut meta, WEIGHTS_FORMAT, model, ck)?;
+    write_tensors(path, named_tensors(model, &ck.params), meta, "weights")
 }
 
 /// Read a checkpoint file, or the `checkpoint.safetensors` inside a run folder.

@@ -27,7 +27,8 @@ use crate::rng::{Rng, Stream};
 /// How many fixed latent vectors the epoch grids show (4 x 4, as the reference).
 pub const GRID: usize = 16;
 
-/// Where and how to run.
+/// Where and how to run (the default: the auto adapter and kernels, a fresh run).
+#[derive(Default)]
 pub struct RunOptions {
     pub out: PathBuf,
     pub adapter: AdapterChoice,

@@ -35,16 +35,9 @@ fn run_dir() -> &'static PathBuf {
             config,
             &RunOptions {
                 out: dir.clone(),
-                adapter: AdapterChoice::Auto,
                 quiet: true,
-                resume: false,
-                force: false,
-                resume_lr: None,
-                interrupt: None,
-                variant: cvae::gpu::ops::Variant::Auto,
                 kernel_cache: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_cache")),
-                init_params: None,
-                live: None,
+                ..Default::default()
             },
         )
         .unwrap_or_else(|e| panic!("{e:#}"));

@@ -154,19 +154,7 @@ fn config(epochs: u32) -> TrainConfig {
 /// Run options with one kernel family forced: runs compared bit for bit must not
 /// depend on a measured choice (`tuned_kernels_are_kept_on_resume` covers that).
 fn opts(out: &Path, resume: bool) -> RunOptions {
-    RunOptions {
-        out: out.to_path_buf(),
-        adapter: AdapterChoice::Auto,
-        quiet: true,
-        resume,
-        force: false,
-        resume_lr: None,
-        interrupt: None,
-        variant: Variant::Blocked,
-        kernel_cache: None,
-        init_params: None,
-        live: None,
-    }
+    RunOptions { out: out.to_path_buf(), quiet: true, resume, variant: Variant::Blocked, ..Default::default() }
 }
 
 /// The deterministic columns of metrics.csv (epoch, train loss, test ELBO).

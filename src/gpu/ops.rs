@@ -27,6 +27,29 @@ fn images_within_loop_budget(h: usize, w: usize) -> usize {
 /// (subgroup.wgsl: FOLD).
 pub const TEXTURE_FOLD: usize = 4096;
 
+/// The phases of a strided input gradient, one dispatch each: the uniform with the
+/// phase set, and the input pixels of that phase (phases with none are skipped).
+fn phases(g: &ConvGeom, un0: ConvUniform) -> Vec<(ConvUniform, usize)> {
+    let s = g.stride;
+    let all = (0..s).flat_map(|ry| (0..s).map(move |rx| (ry, rx)));
+    all.map(|(ry, rx)| {
+        let m = g.batch * g.in_h.saturating_sub(ry).div_ceil(s) * g.in_w.saturating_sub(rx).div_ceil(s);
+        (ConvUniform { phase_y: u(ry), phase_x: u(rx), ..un0 }, m)
+    })
+    .filter(|&(_, m)| m > 0)
+    .collect()
+}
+
+/// The grid of a subgroup kernel over `m` pixels: 128 pixels per workgroup, and
+/// 8 column blocks of 4 per workgroup unless narrow (one block of at most 4 columns).
+fn subgroup_grid(narrow: bool, cols4: usize, m: usize) -> [u32; 3] {
+    if narrow {
+        [u(m.div_ceil(128)), 1, 1]
+    } else {
+        [u(cols4.div_ceil(8)), u(m.div_ceil(128)), 1]
+    }
+}
+
 /// A 1-D grid of `threads` invocations in workgroups of `WORKGROUP`.
 fn grid_1d(threads: usize) -> [u32; 3] {
     let groups = threads.div_ceil(super::kernels::WORKGROUP as usize).max(1);
@@ -81,7 +104,8 @@ pub struct Weights<'a> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Variant {
-    /// Blocked where the shape allows, else portable (no measurement).
+    /// Per layer, the family measured fastest on this adapter (cached); inside a plan,
+    /// a site with no choice runs blocked where the shape allows, else portable.
     #[default]
     Auto,
     /// One output per invocation: the simplest kernels, the reference for the others.
@@ -346,67 +370,24 @@ impl Ops<'_> {
         Ok((d.keeping_texture(tex), view))
     }
 
-    /// conv2d_forward_narrow: at most 4 output channels, the lanes splitting the input's.
-    fn forward_narrow(&self, g: &ConvGeom, x: &wgpu::Buffer, w: Weights<'_>, relu: bool, bias: bool, y: &wgpu::Buffer) -> Result<Dispatch> {
-        let un = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
-        let rows = g.k_h * g.k_w * g.in_c;
-        let (tex, wview) = self.matrix_texture(rows, 1)?;
-        let packw = self.k.dispatch_grid(self.gpu, "pack_weights", &un, &[("params", w.params)], &[("wtex_out", &wview)], grid_1d(rows))?;
-        let (pack, view) = self.pack_rows(x, g.in_len() / g.in_c, g.in_c)?;
-        let grid = [u((g.batch * g.out_h * g.out_w).div_ceil(128)), 1, 1];
-        let buffers = [("params", w.params), ("y4", y)];
-        let main = self.k.dispatch_grid(self.gpu, "conv2d_forward_narrow", &un, &buffers, &[("xtex", &view), ("wtex", &wview)], grid)?;
-        Ok(main.after(pack).after(packw).keeping_texture(tex))
-    }
-
-    /// conv2d_backward_input_narrow, one dispatch per phase: at most 4 input channels,
-    /// the lanes splitting the output's.
-    fn backward_input_narrow(
+    /// A weight texture for the subgroup kernels, filled by `entry`: pack_weights
+    /// (rows: taps x input channels) or pack_weights_transposed (taps x output channels).
+    fn packed_weights(
         &self,
-        g: &ConvGeom,
-        dy: &wgpu::Buffer,
+        entry: &str,
+        un: &ConvUniform,
         w: Weights<'_>,
-        relu: bool,
-        bias: bool,
-        dx: &wgpu::Buffer,
-    ) -> Result<Dispatch> {
-        let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
-        let rows = g.k_h * g.k_w * g.out_c;
-        let (tex, wview) = self.matrix_texture(rows, 1)?;
-        let packw = self.k.dispatch_grid(
-            self.gpu,
-            "pack_weights_transposed",
-            &un0,
-            &[("params", w.params)],
-            &[("wtex_out", &wview)],
-            grid_1d(rows),
-        )?;
-        let (pack, view) = self.pack_rows(dy, g.out_len() / g.out_c, g.out_c)?;
-        let mut d = packw.then(pack).keeping_texture(tex);
-        let s = g.stride;
-        for (ry, rx) in (0..s).flat_map(|ry| (0..s).map(move |rx| (ry, rx))) {
-            let m = g.batch * g.in_h.saturating_sub(ry).div_ceil(s) * g.in_w.saturating_sub(rx).div_ceil(s);
-            if m == 0 {
-                continue;
-            }
-            let un = ConvUniform { phase_y: u(ry), phase_x: u(rx), ..un0 };
-            let buffers = [("params", w.params), ("dx4", dx)];
-            let textures = [("dytex", &view), ("wtex", &wview)];
-            d = d.then(self.k.dispatch_grid(
-                self.gpu,
-                "conv2d_backward_input_narrow",
-                &un,
-                &buffers,
-                &textures,
-                [u(m.div_ceil(128)), 1, 1],
-            )?);
-        }
-        Ok(d.named("conv2d_backward_input_narrow"))
+        rows: usize,
+        cols4: usize,
+    ) -> Result<(Dispatch, wgpu::TextureView)> {
+        let (tex, view) = self.matrix_texture(rows, cols4)?;
+        let d = self.k.dispatch_grid(self.gpu, entry, un, &[("params", w.params)], &[("wtex_out", &view)], grid_1d(rows * cols4))?;
+        Ok((d.keeping_texture(tex), view))
     }
 
     /// conv2d_forward_subgroup on conv geometry `g`, after pack_weights fills its
-    /// weight texture and pack_rows its input texture (conv2d_forward_narrow for at
-    /// most 4 output channels).
+    /// weight texture and pack_rows its input texture; conv2d_forward_narrow (the lanes
+    /// splitting the input channels instead) for at most 4 output channels.
     fn forward_subgroup(
         &self,
         g: &ConvGeom,
@@ -416,26 +397,21 @@ impl Ops<'_> {
         bias: bool,
         y: &wgpu::Buffer,
     ) -> Result<Dispatch> {
-        if g.out_c <= 4 && g.in_c.is_multiple_of(4) {
-            return self.forward_narrow(g, x, w, relu, bias, y);
-        }
-        let (rows, cols4) = (g.k_h * g.k_w * g.in_c, g.out_c.div_ceil(4));
-        let (tex, view) = self.matrix_texture(rows, cols4)?;
+        let narrow = g.out_c <= 4 && g.in_c.is_multiple_of(4);
+        let (entry, cols4) = if narrow { ("conv2d_forward_narrow", 1) } else { ("conv2d_forward_subgroup", g.out_c.div_ceil(4)) };
         let un = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
-        let mut first =
-            self.k.dispatch_grid(self.gpu, "pack_weights", &un, &[("params", w.params)], &[("wtex_out", &view)], grid_1d(rows * cols4))?;
+        let (packw, wview) = self.packed_weights("pack_weights", &un, w, g.k_h * g.k_w * g.in_c, cols4)?;
         let (pack, xview) = self.pack_rows(x, g.in_len() / g.in_c, g.in_c)?;
-        first = first.then(pack);
-        let m = g.batch * g.out_h * g.out_w;
         let buffers = [("params", w.params), ("y4", y)];
-        let grid = [u(cols4.div_ceil(8)), u(m.div_ceil(128)), 1];
-        let main = self.k.dispatch_grid(self.gpu, "conv2d_forward_subgroup", &un, &buffers, &[("wtex", &view), ("xtex", &xview)], grid)?;
-        Ok(main.after(first).keeping_texture(tex))
+        let grid = subgroup_grid(narrow, cols4, g.batch * g.out_h * g.out_w);
+        let main = self.k.dispatch_grid(self.gpu, entry, &un, &buffers, &[("wtex", &wview), ("xtex", &xview)], grid)?;
+        Ok(main.after(pack).after(packw))
     }
 
     /// conv2d_backward_input_subgroup on conv geometry `g`, one dispatch per phase of
-    /// the stride, after pack_weights_transposed and pack_rows fill its textures
-    /// (conv2d_backward_input_narrow for at most 4 input channels).
+    /// the stride, after pack_weights_transposed and pack_rows fill its textures;
+    /// conv2d_backward_input_narrow (the lanes splitting the output channels instead)
+    /// for at most 4 input channels.
     fn backward_input_subgroup(
         &self,
         g: &ConvGeom,
@@ -445,35 +421,19 @@ impl Ops<'_> {
         bias: bool,
         dx: &wgpu::Buffer,
     ) -> Result<Dispatch> {
-        if g.in_c <= 4 && g.out_c.is_multiple_of(4) {
-            return self.backward_input_narrow(g, dy, w, relu, bias, dx);
-        }
-        let (rows, cols4) = (g.k_h * g.k_w * g.out_c, g.in_c.div_ceil(4));
-        let (tex, view) = self.matrix_texture(rows, cols4)?;
+        let narrow = g.in_c <= 4 && g.out_c.is_multiple_of(4);
+        let (entry, cols4) =
+            if narrow { ("conv2d_backward_input_narrow", 1) } else { ("conv2d_backward_input_subgroup", g.in_c.div_ceil(4)) };
         let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
-        let mut d = self.k.dispatch_grid(
-            self.gpu,
-            "pack_weights_transposed",
-            &un0,
-            &[("params", w.params)],
-            &[("wtex_out", &view)],
-            grid_1d(rows * cols4),
-        )?;
+        let (packw, wview) = self.packed_weights("pack_weights_transposed", &un0, w, g.k_h * g.k_w * g.out_c, cols4)?;
         let (pack, dyview) = self.pack_rows(dy, g.out_len() / g.out_c, g.out_c)?;
-        d = d.then(pack);
-        let s = g.stride;
-        for (ry, rx) in (0..s).flat_map(|ry| (0..s).map(move |rx| (ry, rx))) {
-            let m = g.batch * g.in_h.saturating_sub(ry).div_ceil(s) * g.in_w.saturating_sub(rx).div_ceil(s);
-            if m == 0 {
-                continue;
-            }
-            let un = ConvUniform { phase_y: u(ry), phase_x: u(rx), ..un0 };
+        let mut d = packw.then(pack);
+        for (un, m) in phases(g, un0) {
             let buffers = [("params", w.params), ("dx4", dx)];
-            let textures = [("wtex", &view), ("dytex", &dyview)];
-            let grid = [u(cols4.div_ceil(8)), u(m.div_ceil(128)), 1];
-            d = d.then(self.k.dispatch_grid(self.gpu, "conv2d_backward_input_subgroup", &un, &buffers, &textures, grid)?);
+            let textures = [("wtex", &wview), ("dytex", &dyview)];
+            d = d.then(self.k.dispatch_grid(self.gpu, entry, &un, &buffers, &textures, subgroup_grid(narrow, cols4, m))?);
         }
-        Ok(d.named("conv2d_backward_input_subgroup").keeping_texture(tex))
+        Ok(d.named(entry))
     }
 
     /// conv2d_backward_kernel_subgroup on conv geometry `g`: partial sums over slices of
@@ -523,14 +483,8 @@ impl Ops<'_> {
         dx: &wgpu::Buffer,
     ) -> Result<Dispatch> {
         let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
-        let s = g.stride;
         let mut parts = Vec::new();
-        for (ry, rx) in (0..s).flat_map(|ry| (0..s).map(move |rx| (ry, rx))) {
-            let m = g.batch * g.in_h.saturating_sub(ry).div_ceil(s) * g.in_w.saturating_sub(rx).div_ceil(s);
-            if m == 0 {
-                continue;
-            }
-            let un = ConvUniform { phase_y: u(ry), phase_x: u(rx), ..un0 };
+        for (un, m) in phases(g, un0) {
             let buffers = [("dy4", dy), ("params", w.params), ("dx4", dx)];
             parts.push(self.k.dispatch_grid(
                 self.gpu,
