@@ -2,7 +2,7 @@
 //! every look-inside command works on a fresh machine with no training
 //! (`--pretrained tf-cvae|keras-vae`), and so that training can start from them
 //! (`cvae train --pretrained NAME`). How each was trained is in its metadata and in
-//! the README ("Pretrained weights").
+//! the README ("Built-in weights").
 
 use anyhow::Result;
 
@@ -11,9 +11,9 @@ use crate::checkpoint::{self, Checkpoint};
 /// The shipped weights, by the preset they were trained as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Pretrained {
-    /// The TensorFlow CVAE (latent 50) after the tutorial's 100 epochs on MNIST.
+    /// The TensorFlow CVAE (latent 50) from cvae's run of the tutorial on MNIST.
     TfCvae,
-    /// The Keras VAE with a 2-D latent space.
+    /// The Keras VAE with a 2-D latent space, trained on MNIST.
     KerasVae,
 }
 

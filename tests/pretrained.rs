@@ -87,3 +87,40 @@ fn a_weights_file_starts_a_run_but_cannot_be_resumed() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("latent 4"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The README prints what `cvae eval --pretrained tf-cvae --test-size 1000 ...` says
+/// (section "`cvae eval`: what each number is"); the same command here must say the same.
+/// Same seed, same images, same noise: only f32 rounding may differ (another adapter or
+/// kernel family sums in another order). Each per-image figure is a sum of 784 pixel
+/// terms after reductions of up to 2,304 products, so its relative error is at most
+/// about 2,304 x 6e-8 = 1.4e-4; we allow 2e-4 of the value, plus 5e-4 for the README's
+/// three printed decimals.
+#[test]
+fn eval_on_the_built_in_weights_prints_the_readme_figures() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start =
+        readme.find("$ cvae eval --pretrained tf-cvae --test-size 1000").expect("the README shows the eval of the built-in weights");
+    let block: Vec<&str> = readme[start..].lines().take_while(|l| !l.starts_with("```")).collect();
+    let args: Vec<&str> = block[0].trim_start_matches("$ cvae ").split_whitespace().collect();
+    let got = ok(&args);
+    // "  label   -92.132 +- 0.737" -> (label, value, standard error)
+    let figures = |text: &str| -> Vec<(String, f64, f64)> {
+        text.lines()
+            .filter_map(|l| {
+                let (left, se) = l.rsplit_once(" +- ")?;
+                let (label, value) = left.trim_end().rsplit_once(' ')?;
+                Some((label.trim().to_string(), value.parse().ok()?, se.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let (want, have) = (figures(&block[1..].join("\n")), figures(&got));
+    assert!(want.len() >= 6, "the README's block has the six figures: {want:?}");
+    assert_eq!(want.len(), have.len(), "same lines:\nREADME:\n{}\ncvae:\n{got}", block.join("\n"));
+    for ((label, w, wse), (hlabel, h, hse)) in want.iter().zip(&have) {
+        assert_eq!(label, hlabel);
+        for (what, a, b) in [("value", w, h), ("standard error", wse, hse)] {
+            let tol = 2e-4 * a.abs() + 5e-4;
+            assert!((a - b).abs() <= tol, "{label}, {what}: README {a}, cvae {b}, |diff| {:.2e} > {tol:.2e}", (a - b).abs());
+        }
+    }
+}

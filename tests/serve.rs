@@ -251,19 +251,7 @@ fn a_run_folder_is_served_while_it_trains_and_never_written() {
         kernels: Default::default(),
         init_from: None,
     };
-    let opts = RunOptions {
-        out: out.clone(),
-        adapter: AdapterChoice::Auto,
-        quiet: true,
-        resume: false,
-        force: false,
-        resume_lr: None,
-        interrupt: None,
-        variant: Variant::Blocked,
-        kernel_cache: None,
-        init_params: None,
-        live: Some(live.clone()),
-    };
+    let opts = RunOptions { out: out.clone(), quiet: true, variant: Variant::Blocked, live: Some(live.clone()), ..Default::default() };
     train::run(config, &opts).unwrap_or_else(|e| panic!("{e:#}"));
     live.stop();
     let info = wait_ready(&base, Some(2));
@@ -536,7 +524,7 @@ fn lit(img: &image::GrayImage) -> f64 {
 #[test]
 fn the_page_draws_a_digit_that_follows_the_pointer() {
     let dir = tmp("serve_browser");
-    let server = start(Source::Pretrained(Pretrained::TfCvae), None, None);
+    let server = start(Source::Pretrained(Pretrained::KerasVae), None, None);
     let b = Browser::open(&dir.join("profile"));
     b.cmd("url", json!({ "url": server.url }));
     b.wait_for("return document.body.dataset.ready", "its model and test points");
