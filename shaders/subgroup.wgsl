@@ -147,22 +147,33 @@ fn kernel_rows(k4: u32) -> KernelRows {
     return r;
 }
 
-// Row `m` of im2col(x) at kernel rows `r` (this lane's 4 kq .. 4 kq + 4), for the
-// output pixel whose window starts at (iy0, ix0) of the image starting at row bh: one
-// vec4 load when C % 4 == 0, otherwise four scalars.
-fn gather_x(bh: u32, iy0: i32, ix0: i32, r: KernelRows) -> vec4<f32> {
+// The image and coarse pixel (b, oy, ox) of output pixel m.
+fn coarse_pos(m: u32) -> vec3<u32> {
+    return vec3<u32>(m / (p.out_h * p.out_w), (m / p.out_w) % p.out_h, m % p.out_w);
+}
+
+// Where the window of the output pixel at `pos` starts: (first row of its image, row, column).
+fn window(pos: vec3<u32>) -> vec3<i32> {
+    return vec3<i32>(i32(pos.x * p.in_h), i32(pos.y * p.stride) - i32(p.pad_top), i32(pos.z * p.stride) - i32(p.pad_left));
+}
+
+// im2col(x) at the output pixel whose window is `w` (see `window`), kernel rows `r`:
+// x where those rows (tap, c) meet the window, zero outside the image or where `ok_m`
+// is false; one vec4 load when C % 4 == 0, otherwise four scalars.
+fn gather_x(w: vec3<i32>, ok_m: bool, r: KernelRows) -> vec4<f32> {
+    let bh = u32(w.x);
     if p.in_c % 4u == 0u {
-        let iy = iy0 + r.ti.x;
-        let ix = ix0 + r.tj.x;
-        let ok = r.live.x && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+        let iy = w.y + r.ti.x;
+        let ix = w.z + r.tj.x;
+        let ok = ok_m && r.live.x && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
         let pix = select(0u, (bh + u32(iy)) * p.in_w + u32(ix), ok);
         return select(vec4<f32>(0.0), textureLoad(xtex, texel(pix, r.c.x / 4u, p.in_c / 4u), 0), ok);
     }
     var v = vec4<f32>(0.0);
     for (var q = 0u; q < 4u; q++) {
-        let iy = iy0 + r.ti[q];
-        let ix = ix0 + r.tj[q];
-        let ok = r.live[q] && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+        let iy = w.y + r.ti[q];
+        let ix = w.z + r.tj[q];
+        let ok = ok_m && r.live[q] && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
         let idx = ((bh + u32(iy)) * p.in_w + u32(ix)) * p.in_c + r.c[q];
         v[q] = select(0.0, x_at(select(0u, idx, ok)), ok);
     }
@@ -197,9 +208,7 @@ fn conv2d_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
     let r0 = (wg.y * 4u + li / 8u) * 32u;
     //#unroll I 32
     let m{I} = min(r0 + {I}u, m_total - 1u);
-    let bh{I} = m{I} / (p.out_h * p.out_w) * p.in_h;
-    let iy{I} = i32((m{I} / p.out_w) % p.out_h * p.stride) - i32(p.pad_top);
-    let ix{I} = i32(m{I} % p.out_w * p.stride) - i32(p.pad_left);
+    let w{I} = window(coarse_pos(m{I}));
     var acc{I} = vec4<f32>(0.0);
     //#end
     for (var k0 = 0u; k0 < kq_total; k0 += 8u) {
@@ -207,7 +216,7 @@ fn conv2d_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
         // for all 32 rows (a vector integer division is slow on a SIMD CPU).
         let rows = kernel_rows(k0 + lane);
         //#unroll I 32
-        let a{I} = gather_x(bh{I}, iy{I}, ix{I}, rows);
+        let a{I} = gather_x(w{I}, true, rows);
         //#end
         //#unroll J 8
         //#unroll C 4
@@ -345,11 +354,6 @@ fn conv2d_backward_input_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin
     //#end
 }
 
-// The image and coarse pixel (b, oy, ox) of output pixel m.
-fn coarse_pos(m: u32) -> vec3<u32> {
-    return vec3<u32>(m / (p.out_h * p.out_w), (m / p.out_w) % p.out_h, m % p.out_w);
-}
-
 // The pixel 8 further on than `pos`, by steps of one (no division: a uniform loop of
 // compares and selects, far cheaper on a SIMD CPU than a vector integer division).
 fn advance8(pos: vec3<u32>) -> vec3<u32> {
@@ -364,34 +368,6 @@ fn advance8(pos: vec3<u32>) -> vec3<u32> {
         q.x += u32(wrap_y);
     }
     return q;
-}
-
-// Where the window of the output pixel at `pos` starts: (first row of its image, row, column).
-fn window(pos: vec3<u32>) -> vec3<i32> {
-    return vec3<i32>(i32(pos.x * p.in_h), i32(pos.y * p.stride) - i32(p.pad_top), i32(pos.z * p.stride) - i32(p.pad_left));
-}
-
-// Rows `r` of im2col(x)^T at the output pixel with window `w`: x at the pixel those
-// kernel rows (tap, c) meet, four channels of one tap (C % 4 == 0) or four (tap, c)
-// pairs.
-fn gather_xt(w: vec3<i32>, ok_m: bool, r: KernelRows) -> vec4<f32> {
-    let bh = u32(w.x);
-    if p.in_c % 4u == 0u {
-        let iy = w.y + r.ti.x;
-        let ix = w.z + r.tj.x;
-        let ok = ok_m && r.live.x && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
-        let pix = select(0u, (bh + u32(iy)) * p.in_w + u32(ix), ok);
-        return select(vec4<f32>(0.0), textureLoad(xtex, texel(pix, r.c.x / 4u, p.in_c / 4u), 0), ok);
-    }
-    var v = vec4<f32>(0.0);
-    for (var q = 0u; q < 4u; q++) {
-        let iy = w.y + r.ti[q];
-        let ix = w.z + r.tj[q];
-        let ok = ok_m && r.live[q] && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
-        let idx = ((bh + u32(iy)) * p.in_w + u32(ix)) * p.in_c + r.c[q];
-        v[q] = select(0.0, x_at(select(0u, idx, ok)), ok);
-    }
-    return v;
 }
 
 // dy at output pixel m, channels 4 f4 .. +4 (zero past m_end or past F).
@@ -465,7 +441,7 @@ fn conv2d_backward_kernel_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builti
         // is the same for the whole workgroup, so the branch is a real one.
         //#unroll G 8
         var a{G} = vec4<f32>(0.0);
-        if 4u * {G}u < k_total { a{G} = gather_xt(w, m < m_end, rows{G}); }
+        if 4u * {G}u < k_total { a{G} = gather_x(w, m < m_end, rows{G}); }
         //#end
         //#unroll J 8
         let d{J} = dy_row(m0 + {J}u, m_end, f4);
@@ -524,9 +500,7 @@ fn conv2d_forward_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
     let r0 = (wg.x * 4u + li / 8u) * 32u;
     //#unroll I 32
     let m{I} = min(r0 + {I}u, m_total - 1u);
-    let bh{I} = m{I} / (p.out_h * p.out_w) * p.in_h;
-    let iy{I} = i32((m{I} / p.out_w) % p.out_h * p.stride) - i32(p.pad_top);
-    let ix{I} = i32(m{I} % p.out_w * p.stride) - i32(p.pad_left);
+    let w{I} = window(coarse_pos(m{I}));
     var acc{I} = vec4<f32>(0.0);
     //#end
     for (var c0 = 0u; c0 < c4s; c0 += 8u) {
@@ -537,10 +511,10 @@ fn conv2d_forward_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
             let ti = i32(t / p.k_w);
             let tj = i32(t % p.k_w);
             //#unroll I 32
-            let y{I} = iy{I} + ti;
-            let x{I} = ix{I} + tj;
+            let y{I} = w{I}.y + ti;
+            let x{I} = w{I}.z + tj;
             let ok{I} = live && y{I} >= 0 && y{I} < i32(p.in_h) && x{I} >= 0 && x{I} < i32(p.in_w);
-            let v{I} = textureLoad(xtex, texel(select(0u, (bh{I} + u32(y{I})) * p.in_w + u32(x{I}), ok{I}), c4, c4s), 0);
+            let v{I} = textureLoad(xtex, texel(select(0u, (u32(w{I}.x) + u32(y{I})) * p.in_w + u32(x{I}), ok{I}), c4, c4s), 0);
             acc{I} += select(vec4<f32>(0.0), narrow_dots(v{I}, w, p.out_c), ok{I});
             //#end
         }
