@@ -21,6 +21,7 @@ use crate::gpu::AdapterChoice;
 use crate::inspect::{interp, Session, Source};
 use crate::live::Live;
 use crate::stats::{linspace, pca};
+use crate::train::MetricsRow;
 
 const INDEX: &str = include_str!("../assets/web/index.html");
 const APP: &str = include_str!("../assets/web/app.js");
@@ -35,6 +36,8 @@ const QUEUE: usize = 8;
 const MAX_HANDLERS: usize = 64;
 /// Largest request body.
 const MAX_BODY: u64 = 1 << 20;
+/// Test images whose latent means the page plots, unless told otherwise.
+pub const DEFAULT_POINTS: usize = 2000;
 /// Principal directions the page offers for a latent space of more than 2 dimensions.
 const DIRECTIONS: usize = 6;
 
@@ -266,34 +269,12 @@ fn info(shared: &Shared) -> Response {
     }))
 }
 
-#[derive(Serialize)]
-struct MetricsRow {
-    epoch: u32,
-    train_loss: f64,
-    test_elbo: f64,
-    seconds: f64,
-    images_per_second: f64,
-}
-
 /// metrics.csv of the run, every column, and the run's epoch count.
 fn read_run_metrics(shared: &Shared) -> Option<(Vec<MetricsRow>, u32)> {
     let dir = shared.run_dir.as_ref()?;
     // No metrics.csv yet: no epoch is complete.
     let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap_or_default();
-    let rows = text
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<f64> = l.split(',').map(|v| v.parse().unwrap_or(f64::NAN)).collect();
-            (f.len() >= 5 && f[0].is_finite()).then(|| MetricsRow {
-                epoch: f[0] as u32,
-                train_loss: f[1],
-                test_elbo: f[2],
-                seconds: f[3],
-                images_per_second: f[4],
-            })
-        })
-        .collect();
+    let rows = text.lines().skip(1).filter_map(MetricsRow::parse).collect();
     let config: Option<serde_json::Value> = std::fs::read(dir.join("config.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
     let epochs = config.and_then(|c| c["epochs"].as_u64()).unwrap_or(0) as u32;
     Some((rows, epochs))

@@ -249,9 +249,9 @@ impl Run<'_> {
             Some(p) => (p.losses.len(), p.losses, p.seconds),
             None => (0, Vec::new(), 0.0),
         };
-        bar.inc((first * config.batch_size).min(self.train_len) as u64);
-        let steps = trainer.steps_per_epoch();
         let resumed_at = (first * config.batch_size).min(self.train_len);
+        bar.inc(resumed_at as u64);
+        let steps = trainer.steps_per_epoch();
         let mut done = resumed_at;
         for j in first..steps {
             let n = trainer.train_step(j)?;
@@ -386,15 +386,41 @@ fn append_metrics(out: &Path, epoch: u32, train_loss: f64, elbo: f64, seconds: f
     atomic_write::write_atomic(&path, text.as_bytes())
 }
 
-/// Read metrics.csv back: (epoch, train loss, test ELBO) per row.
+/// One row of metrics.csv.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MetricsRow {
+    pub epoch: u32,
+    pub train_loss: f64,
+    pub test_elbo: f64,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+impl MetricsRow {
+    /// A data line of metrics.csv (as `append_metrics` writes it), or None.
+    pub fn parse(line: &str) -> Option<MetricsRow> {
+        let f: Vec<&str> = line.split(',').collect();
+        let num = |i: usize| f.get(i)?.parse::<f64>().ok();
+        Some(MetricsRow {
+            epoch: f.first()?.parse().ok()?,
+            train_loss: num(1)?,
+            test_elbo: num(2)?,
+            seconds: num(3)?,
+            images_per_second: num(4)?,
+        })
+    }
+}
+
+/// Read metrics.csv back: (epoch, train loss, test ELBO) per row, the columns that do
+/// not depend on the machine's speed.
 pub fn read_metrics(out: &Path) -> Result<Vec<(u32, f64, f64)>> {
     let path = out.join(METRICS);
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        let parse = || -> Option<(u32, f64, f64)> { Some((f.first()?.parse().ok()?, f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?)) };
-        rows.push(parse().with_context(|| format!("{}: line {} is not epoch,train_loss,test_elbo,...", path.display(), i + 1))?);
+        let r =
+            MetricsRow::parse(line).with_context(|| format!("{}: line {} is not {}", path.display(), i + 1, METRICS_HEADER.trim_end()))?;
+        rows.push((r.epoch, r.train_loss, r.test_elbo));
     }
     Ok(rows)
 }
