@@ -180,7 +180,7 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
     adapter: AdapterChoice,
     /// How many test images' latent means the page plots.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = cvae::serve::DEFAULT_POINTS)]
     points: usize,
     /// Read test images from this folder instead of the model's data set.
     #[arg(long)]
@@ -230,6 +230,13 @@ struct ModelArgs {
     /// The PNG to write [default: inside the run folder].
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The model of a run folder, a file or built-in weights, on the chosen adapter.
+    fn session(&self) -> Result<inspect::Session> {
+        inspect::Session::open(&source(self.run.clone(), self.pretrained), self.adapter)
+    }
 }
 
 #[derive(clap::Args)]
@@ -344,23 +351,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Train(a) => train(a),
         Command::Bench(b) => bench(b),
         Command::Sample(a) => {
-            let s = inspect::Session::open(&source(a.m.run, a.m.pretrained), a.m.adapter)?;
+            let s = a.m.session()?;
             wrote(inspect::sample(&s, a.n, a.seed, a.temperature, a.m.out)?)
         }
         Command::Reconstruct(a) => {
-            let s = inspect::Session::open(&source(a.m.run, a.m.pretrained), a.m.adapter)?;
+            let s = a.m.session()?;
             wrote(inspect::reconstruct(&s, a.n, a.start, a.sample, a.seed, a.data_dir.as_deref(), a.m.out)?)
         }
         Command::Manifold(a) => {
-            let s = inspect::Session::open(&source(a.m.run, a.m.pretrained), a.m.adapter)?;
+            let s = a.m.session()?;
             wrote(inspect::manifold(&s, a.n, &a.axes, a.data_dir.as_deref(), a.m.out)?)
         }
         Command::Scatter(a) => {
-            let s = inspect::Session::open(&source(a.m.run, a.m.pretrained), a.m.adapter)?;
+            let s = a.m.session()?;
             wrote(inspect::scatter(&s, a.data_dir.as_deref(), a.test_size, a.m.out)?)
         }
         Command::Interpolate(a) => {
-            let s = inspect::Session::open(&source(a.m.run, a.m.pretrained), a.m.adapter)?;
+            let s = a.m.session()?;
             wrote(inspect::interpolate(&s, a.from, a.to, a.steps, a.slerp, a.data_dir.as_deref(), a.m.out)?)
         }
         Command::Eval(a) => eval(a),
@@ -475,7 +482,15 @@ fn serve_options(source: inspect::Source, listen: &Listen, adapter: AdapterChoic
         inspect::Source::Path(p) if p.is_dir() => Some(p.clone()),
         _ => None,
     };
-    cvae::serve::ServeOptions { source, host: listen.host.clone(), port: listen.port, adapter, points: 2000, data_dir: None, run_dir }
+    cvae::serve::ServeOptions {
+        source,
+        host: listen.host.clone(),
+        port: listen.port,
+        adapter,
+        points: cvae::serve::DEFAULT_POINTS,
+        data_dir: None,
+        run_dir,
+    }
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode> {
