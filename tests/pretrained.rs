@@ -2,28 +2,18 @@
 //! command runs on them with no training, a parameters-only file starts a new run but
 //! cannot be resumed, and `cvae eval --pretrained tf-cvae` gives the README's figure.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::{cvae, tmp_dir};
 use cvae::pretrained::Pretrained;
-
-fn cvae(args: &[&str]) -> Output {
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_cache");
-    Command::new(env!("CARGO_BIN_EXE_cvae")).args(args).env("CVAE_CACHE_DIR", cache).output().expect("the cvae binary runs")
-}
 
 fn ok(args: &[&str]) -> String {
     let o = cvae(args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "cvae {}: exit {:?}\n{err}", args.join(" "), o.status.code());
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]
@@ -40,7 +30,7 @@ fn shipped_weights_load_and_fit_their_models() {
 
 #[test]
 fn look_inside_commands_run_on_the_built_in_weights() {
-    let d = tmp("pretrained_pictures");
+    let d = tmp_dir("pretrained_pictures");
     let m = d.join("manifold.png");
     ok(&["manifold", "--pretrained", "keras-vae", "--out", m.to_str().unwrap()]);
     let img = image::open(&m).unwrap();
@@ -60,7 +50,7 @@ fn look_inside_commands_run_on_the_built_in_weights() {
 /// do instead; `--init-from` starts a new run from them and records it.
 #[test]
 fn a_weights_file_starts_a_run_but_cannot_be_resumed() {
-    let d = tmp("weights_file");
+    let d = tmp_dir("weights_file");
     let run = d.join("run");
     let quick = ["--train-size", "64", "--test-size", "32", "--batch-size", "32", "--latent-dim", "4", "--quiet"];
     let mut args = vec!["train", "--epochs", "1", "--out", run.to_str().unwrap()];

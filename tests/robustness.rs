@@ -3,22 +3,13 @@
 //! Ctrl-C saves where the run stands and --resume finishes with the same bits;
 //! the parsers survive arbitrary bytes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+use std::process::Command;
+
+use common::{cvae, tmp_path};
 use cvae::checkpoint;
-
-fn cvae(args: &[&str]) -> Output {
-    // Measured kernel choices go to the test's own cache, not the user's.
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_cache");
-    Command::new(env!("CARGO_BIN_EXE_cvae")).args(args).env("CVAE_CACHE_DIR", cache).output().expect("the cvae binary runs")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
 
 /// Exit code and stderr; asserts there was no panic and no wgpu dump.
 fn fails(args: &[&str], code: i32, needle: &str) {
@@ -33,7 +24,7 @@ const QUICK: [&str; 8] = ["--train-size", "64", "--test-size", "32", "--batch-si
 
 #[test]
 fn nonsense_flags_are_usage_errors() {
-    let out = tmp("flags");
+    let out = tmp_path("flags");
     let o = out.to_str().unwrap();
     fails(&["train", "--batch-size", "0", "--out", o], 2, "--batch-size must be at least 1");
     fails(&["train", "--latent-dim", "0", "--out", o], 2, "--latent-dim must be at least 1");
@@ -54,7 +45,7 @@ fn nonsense_flags_are_usage_errors() {
 #[test]
 fn missing_data_and_absent_backends_are_failures_with_directions() {
     fails(
-        &["train", "--data-dir", "/nonexistent/mnist", "--out", tmp("nodata").to_str().unwrap()],
+        &["train", "--data-dir", "/nonexistent/mnist", "--out", tmp_path("nodata").to_str().unwrap()],
         1,
         "/nonexistent/mnist/train-images-idx3-ubyte: not found",
     );
@@ -63,17 +54,17 @@ fn missing_data_and_absent_backends_are_failures_with_directions() {
     fails(&["adapters"], 0, "");
     #[cfg(target_os = "linux")]
     fails(
-        &["train", "--adapter", "metal", "--out", tmp("nometal").to_str().unwrap()],
+        &["train", "--adapter", "metal", "--out", tmp_path("nometal").to_str().unwrap()],
         1,
         "no adapter for --adapter metal (adapters that exist:",
     );
     #[cfg(target_os = "linux")]
-    fails(&["train", "--adapter", "metal", "--out", tmp("nometal2").to_str().unwrap()], 1, "mesa-vulkan-drivers");
+    fails(&["train", "--adapter", "metal", "--out", tmp_path("nometal2").to_str().unwrap()], 1, "mesa-vulkan-drivers");
 }
 
 #[test]
 fn a_batch_over_the_device_limits_is_refused_before_any_dispatch() {
-    let out = tmp("bigbatch");
+    let out = tmp_path("bigbatch");
     fails(
         &["train", "--batch-size", "20000", "--train-size", "64", "--test-size", "32", "--out", out.to_str().unwrap()],
         1,
@@ -84,7 +75,7 @@ fn a_batch_over_the_device_limits_is_refused_before_any_dispatch() {
 /// One epoch, then a checkpoint with each kind of damage.
 #[test]
 fn damaged_checkpoints_are_explained() {
-    let out = tmp("damaged");
+    let out = tmp_path("damaged");
     let o = out.to_str().unwrap();
     let mut args = vec!["train", "--epochs", "1", "--quiet", "--out", o];
     args.extend(QUICK);
@@ -135,7 +126,7 @@ fn damaged_checkpoints_are_explained() {
 /// epoch and batch, and the checkpoint of epoch 1 stays good.
 #[test]
 fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
-    let out = tmp("nan");
+    let out = tmp_path("nan");
     let o = out.to_str().unwrap();
     let mut args = vec!["train", "--epochs", "1", "--quiet", "--out", o];
     args.extend(QUICK);
@@ -177,11 +168,11 @@ fn ctrl_c_saves_and_resume_matches_an_uninterrupted_run() {
         .map(|s| s.to_string())
         .collect()
     };
-    let whole = tmp("sigint_whole");
+    let whole = tmp_path("sigint_whole");
     let w = cvae(&args_for(whole.to_str().unwrap()).iter().map(|s| s.as_str()).collect::<Vec<_>>());
     assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
 
-    let cut = tmp("sigint_cut");
+    let cut = tmp_path("sigint_cut");
     let child = Command::new(env!("CARGO_BIN_EXE_cvae"))
         .args(args_for(cut.to_str().unwrap()))
         .env("CVAE_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_cache"))

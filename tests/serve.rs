@@ -2,6 +2,8 @@
 //! trains (and never written by the server), and the page in a real browser
 //! (Debian's chromium, headless, driven through chromedriver's WebDriver API).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::tmp_dir;
 use cvae::gpu::ops::Variant;
 use cvae::gpu::AdapterChoice;
 use cvae::inspect::Source;
@@ -21,13 +24,6 @@ use serde_json::{json, Value};
 
 /// How long a lavapipe host may take to load a model and place its test images.
 const LOAD: Duration = Duration::from_secs(300);
-
-fn tmp(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn start(source: Source, run_dir: Option<PathBuf>, live: Option<Arc<Live>>) -> Server {
     let opts =
@@ -205,7 +201,7 @@ fn snapshot(dir: &Path) -> Vec<(String, u64, SystemTime)> {
 
 #[test]
 fn a_run_folder_is_served_while_it_trains_and_never_written() {
-    let out = tmp("serve_run");
+    let out = tmp_dir("serve_run");
     let live = Arc::new(Live::default());
     let server = start(Source::Path(out.clone()), Some(out.clone()), Some(live.clone()));
     let base = server.url.clone();
@@ -326,7 +322,7 @@ fn the_command_line_refuses_a_missing_run_and_a_taken_port() {
 #[test]
 fn train_serve_shows_the_run_and_keeps_serving_after_it() {
     use std::io::BufRead;
-    let out = tmp("serve_cli_run");
+    let out = tmp_dir("serve_cli_run");
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_cache");
     let args = ["train", "--serve", "--port", "0", "--preset", "keras-vae", "--epochs", "1", "--train-size", "64", "--test-size", "32"];
     let mut child = Command::new(env!("CARGO_BIN_EXE_cvae"))
@@ -523,7 +519,7 @@ fn lit(img: &image::GrayImage) -> f64 {
 
 #[test]
 fn the_page_draws_a_digit_that_follows_the_pointer() {
-    let dir = tmp("serve_browser");
+    let dir = tmp_dir("serve_browser");
     let server = start(Source::Pretrained(Pretrained::KerasVae), None, None);
     let b = Browser::open(&dir.join("profile"));
     b.cmd("url", json!({ "url": server.url }));

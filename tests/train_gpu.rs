@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{assert_within, U};
+use common::{assert_within, tmp_path, U};
 use cvae::checkpoint;
 use cvae::cpu;
 use cvae::cpu::vae::OptState;
@@ -126,12 +126,6 @@ fn three_gpu_steps_equal_three_cpu_steps_keras_vae() {
     step_parity(Preset::KerasVae, 5);
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
 fn config(epochs: u32) -> TrainConfig {
     TrainConfig {
         preset: Preset::TfCvae,
@@ -164,7 +158,7 @@ fn metrics(out: &Path) -> Vec<(u32, f64, f64)> {
 
 #[test]
 fn a_short_run_writes_everything_resumes_exactly_and_repeats() {
-    let a = tmp("run_a");
+    let a = tmp_path("run_a");
     train::run(config(2), &opts(&a, false)).unwrap_or_else(|e| panic!("{e:#}"));
     for f in [
         "config.json",
@@ -190,7 +184,7 @@ fn a_short_run_writes_everything_resumes_exactly_and_repeats() {
     assert!(format!("{e:#}").contains("already holds a run"), "{e:#}");
 
     // One epoch, then --resume to two: the same bits as the uninterrupted run.
-    let b = tmp("run_b");
+    let b = tmp_path("run_b");
     train::run(config(1), &opts(&b, false)).unwrap();
     assert_eq!(checkpoint::load(&b).unwrap().epoch, 1);
     train::run(config(2), &opts(&b, true)).unwrap();
@@ -238,7 +232,7 @@ fn a_lost_device_is_an_error_not_a_panic() {
 /// the ELBO (summed cross-entropy plus the closed-form KL), comparable across presets.
 #[test]
 fn keras_vae_trains_and_reports_a_true_elbo() {
-    let out = tmp("run_keras");
+    let out = tmp_path("run_keras");
     let config = TrainConfig {
         preset: Preset::KerasVae,
         latent_dim: 2,
@@ -261,16 +255,16 @@ fn keras_vae_trains_and_reports_a_true_elbo() {
 /// a resumed run still ends with the same bits as an uninterrupted one.
 #[test]
 fn tuned_kernels_are_kept_on_resume() {
-    let cache = tmp("tuned_cache");
+    let cache = tmp_path("tuned_cache");
     let tuned = |out: &Path, resume: bool| RunOptions { variant: Variant::Auto, kernel_cache: Some(cache.clone()), ..opts(out, resume) };
-    let a = tmp("tuned_a");
+    let a = tmp_path("tuned_a");
     train::run(config(2), &tuned(&a, false)).unwrap_or_else(|e| panic!("{e:#}"));
     let plan = checkpoint::load(&a).unwrap().config.kernels;
     assert_eq!(plan.0.len(), cvae::gpu::plan::sites(&config(2).model().unwrap()).len(), "a plan for every layer op: {plan:?}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
     assert_eq!(json["kernels"].as_object().map(|o| o.len()), Some(plan.0.len()), "config.json names the kernels: {json}");
 
-    let b = tmp("tuned_b");
+    let b = tmp_path("tuned_b");
     train::run(config(1), &tuned(&b, false)).unwrap();
     // The cache now says something else for every layer op.
     let files: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();

@@ -1,5 +1,9 @@
-//! Helpers shared by the test files: deterministic random data and error reports.
+//! Helpers shared by the test files: deterministic random data, error reports, scratch
+//! folders and the cvae binary.
 #![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use cvae::model::{ConvGeom, Padding};
 use cvae::rng::{Rng, Stream};
@@ -168,4 +172,24 @@ pub fn dot_bound(k: usize, mag: &[f32]) -> Vec<f64> {
 
 pub fn abs_vec(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| x.abs()).collect()
+}
+
+/// A path under the tests' scratch folder with nothing there.
+pub fn tmp_path(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// An empty folder under the tests' scratch folder.
+pub fn tmp_dir(name: &str) -> PathBuf {
+    let d = tmp_path(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Run the cvae binary; measured kernel choices go to the tests' own cache, not the user's.
+pub fn cvae(args: &[&str]) -> Output {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_cache");
+    Command::new(env!("CARGO_BIN_EXE_cvae")).args(args).env("CVAE_CACHE_DIR", cache).output().expect("the cvae binary runs")
 }
