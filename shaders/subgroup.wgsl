@@ -54,14 +54,19 @@ fn texel1(i: u32) -> vec2<u32> {
 fn x_at(i: u32) -> f32 { return textureLoad(xtex, texel1(i), 0).x; }
 fn dy_at(i: u32) -> f32 { return textureLoad(dytex, texel1(i), 0).x; }
 
-// Bias (when p.bias != 0) and ReLU (when p.relu != 0) of channels 4 c4 .. 4 c4 + 4 of `n`.
-fn finish(acc: vec4<f32>, c4: u32, n: u32) -> vec4<f32> {
+// The bias of channels 4 c4 .. 4 c4 + 4 of `n` (zero when p.bias == 0). Loaded once
+// per invocation: a load between the row stores would be repeated for every row.
+fn bias4(c4: u32, n: u32) -> vec4<f32> {
+    if p.bias == 0u { return vec4<f32>(0.0); }
+    let c = 4u * c4;
+    return vec4<f32>(params[p.b_off + min(c, n - 1u)], params[p.b_off + min(c + 1u, n - 1u)],
+                     params[p.b_off + min(c + 2u, n - 1u)], params[p.b_off + min(c + 3u, n - 1u)]);
+}
+
+// Bias `b` (when p.bias != 0, from bias4) and ReLU (when p.relu != 0) of one output vec4.
+fn finish(acc: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     var v = acc;
-    if p.bias != 0u {
-        let c = 4u * c4;
-        v += vec4<f32>(params[p.b_off + min(c, n - 1u)], params[p.b_off + min(c + 1u, n - 1u)],
-                       params[p.b_off + min(c + 2u, n - 1u)], params[p.b_off + min(c + 3u, n - 1u)]);
-    }
+    if p.bias != 0u { v += b; }
     if p.relu != 0u { v = max(v, vec4<f32>(0.0)); }
     return v;
 }
@@ -152,6 +157,27 @@ fn coarse_pos(m: u32) -> vec3<u32> {
     return vec3<u32>(m / (p.out_h * p.out_w), (m / p.out_w) % p.out_h, m % p.out_w);
 }
 
+// The pixel (b, row, col) after `pos` in images of dims = (rows, cols), by compares and
+// selects: a kernel's 32 consecutive rows find their pixels from the first one's, where
+// a vector integer division per row (slow on a SIMD CPU) would cost more than a short
+// reduction's multiply-adds.
+fn next_pixel(pos: vec3<u32>, dims: vec2<u32>) -> vec3<u32> {
+    var q = pos;
+    q.z += 1u;
+    let wrap_x = q.z == dims.y;
+    q.z = select(q.z, 0u, wrap_x);
+    q.y += u32(wrap_x);
+    let wrap_y = q.y == dims.x;
+    q.y = select(q.y, 0u, wrap_y);
+    q.x += u32(wrap_y);
+    return q;
+}
+
+// The pixel of row r + 1 given that of row r (`pos`), rows past `m_total` - 1 repeating the last.
+fn next_row(pos: vec3<u32>, r: u32, m_total: u32, dims: vec2<u32>) -> vec3<u32> {
+    return select(next_pixel(pos, dims), pos, r + 1u >= m_total);
+}
+
 // Where the window of the output pixel at `pos` starts: (first row of its image, row, column).
 fn window(pos: vec3<u32>) -> vec3<i32> {
     return vec3<i32>(i32(pos.x * p.in_h), i32(pos.y * p.stride) - i32(p.pad_top), i32(pos.z * p.stride) - i32(p.pad_left));
@@ -206,9 +232,10 @@ fn conv2d_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
     let col = wg.x * 8u + li % 8u;
     let f4 = min(col, f4s - 1u);
     let r0 = (wg.y * 4u + li / 8u) * 32u;
+    var pos = coarse_pos(min(r0, m_total - 1u));
     //#unroll I 32
-    let m{I} = min(r0 + {I}u, m_total - 1u);
-    let w{I} = window(coarse_pos(m{I}));
+    let w{I} = window(pos);
+    pos = next_row(pos, r0 + {I}u, m_total, vec2<u32>(p.out_h, p.out_w));
     var acc{I} = vec4<f32>(0.0);
     //#end
     for (var k0 = 0u; k0 < kq_total; k0 += 8u) {
@@ -227,8 +254,9 @@ fn conv2d_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
         //#end
         //#end
     }
+    let bias = bias4(f4, p.out_c);
     //#unroll I 32
-    store_y(r0 + {I}u, m_total, col, p.out_c, finish(acc{I}, f4, p.out_c));
+    store_y(r0 + {I}u, m_total, col, p.out_c, finish(acc{I}, bias));
     //#end
 }
 
@@ -319,11 +347,13 @@ fn conv2d_backward_input_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin
     let col = wg.x * 8u + li % 8u;
     let c4 = min(col, c4s - 1u);
     let r0 = (wg.y * 4u + li / 8u) * 32u;
+    let m0 = min(r0, m_total - 1u);
+    var pos = vec3<u32>(m0 / (ph.n.x * ph.n.y), (m0 / ph.n.y) % ph.n.x, m0 % ph.n.y);
     //#unroll I 32
-    let m{I} = min(r0 + {I}u, m_total - 1u);
-    let b{I} = m{I} / (ph.n.x * ph.n.y);
-    let qy{I} = (m{I} / ph.n.y) % ph.n.x;
-    let qx{I} = m{I} % ph.n.y;
+    let b{I} = pos.x;
+    let qy{I} = pos.y;
+    let qx{I} = pos.z;
+    pos = next_row(pos, r0 + {I}u, m_total, ph.n);
     let bo{I} = b{I} * p.out_h;
     let oy{I} = i32(ph.e.x + qy{I});
     let ox{I} = i32(ph.e.y + qx{I});
@@ -349,8 +379,9 @@ fn conv2d_backward_input_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin
         //#end
         //#end
     }
+    let bias = bias4(c4, p.in_c);
     //#unroll I 32
-    store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, col, finish(acc{I}, c4, p.in_c));
+    store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, col, finish(acc{I}, bias));
     //#end
 }
 
@@ -358,15 +389,7 @@ fn conv2d_backward_input_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin
 // compares and selects, far cheaper on a SIMD CPU than a vector integer division).
 fn advance8(pos: vec3<u32>) -> vec3<u32> {
     var q = pos;
-    for (var s = 0u; s < 8u; s++) {
-        q.z += 1u;
-        let wrap_x = q.z == p.out_w;
-        q.z = select(q.z, 0u, wrap_x);
-        q.y += u32(wrap_x);
-        let wrap_y = q.y == p.out_h;
-        q.y = select(q.y, 0u, wrap_y);
-        q.x += u32(wrap_y);
-    }
+    for (var s = 0u; s < 8u; s++) { q = next_pixel(q, vec2<u32>(p.out_h, p.out_w)); }
     return q;
 }
 
@@ -498,9 +521,10 @@ fn conv2d_forward_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
     let m_total = p.batch * p.out_h * p.out_w;
     let c4s = p.in_c / 4u;
     let r0 = (wg.x * 4u + li / 8u) * 32u;
+    var pos = coarse_pos(min(r0, m_total - 1u));
     //#unroll I 32
-    let m{I} = min(r0 + {I}u, m_total - 1u);
-    let w{I} = window(coarse_pos(m{I}));
+    let w{I} = window(pos);
+    pos = next_row(pos, r0 + {I}u, m_total, vec2<u32>(p.out_h, p.out_w));
     var acc{I} = vec4<f32>(0.0);
     //#end
     for (var c0 = 0u; c0 < c4s; c0 += 8u) {
@@ -519,9 +543,10 @@ fn conv2d_forward_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
             //#end
         }
     }
+    let bias = bias4(0u, p.out_c);
     //#unroll I 32
     let s{I} = subgroupAdd(acc{I});
-    if lane == {I}u % 8u { store_y(r0 + {I}u, m_total, 0u, p.out_c, finish(s{I}, 0u, p.out_c)); }
+    if lane == {I}u % 8u { store_y(r0 + {I}u, m_total, 0u, p.out_c, finish(s{I}, bias)); }
     //#end
 }
 
@@ -537,11 +562,13 @@ fn conv2d_backward_input_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(l
     let m_total = p.batch * ph.n.x * ph.n.y;
     let f4s = p.out_c / 4u;
     let r0 = (wg.x * 4u + li / 8u) * 32u;
+    let m0 = min(r0, m_total - 1u);
+    var pos = vec3<u32>(m0 / (ph.n.x * ph.n.y), (m0 / ph.n.y) % ph.n.x, m0 % ph.n.y);
     //#unroll I 32
-    let m{I} = min(r0 + {I}u, m_total - 1u);
-    let b{I} = m{I} / (ph.n.x * ph.n.y);
-    let qy{I} = (m{I} / ph.n.y) % ph.n.x;
-    let qx{I} = m{I} % ph.n.y;
+    let b{I} = pos.x;
+    let qy{I} = pos.y;
+    let qx{I} = pos.z;
+    pos = next_row(pos, r0 + {I}u, m_total, ph.n);
     let oy{I} = i32(ph.e.x + qy{I});
     let ox{I} = i32(ph.e.y + qx{I});
     var acc{I} = vec4<f32>(0.0);
@@ -563,8 +590,9 @@ fn conv2d_backward_input_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(l
             //#end
         }
     }
+    let bias = bias4(0u, p.in_c);
     //#unroll I 32
     let s{I} = subgroupAdd(acc{I});
-    if lane == {I}u % 8u { store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, 0u, finish(s{I}, 0u, p.in_c)); }
+    if lane == {I}u % 8u { store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, 0u, finish(s{I}, bias)); }
     //#end
 }
