@@ -8,6 +8,7 @@
 //! wrong struct is an error, not a crash or a silent swap.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -125,8 +126,10 @@ pub fn naga_module(name: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)
 
 pub struct Kernel {
     pub file: &'static str,
-    pub pipeline: wgpu::ComputePipeline,
-    pub layout: wgpu::BindGroupLayout,
+    /// The pipeline and its bind group layout, built at the entry point's first
+    /// dispatch: a run builds only what its plan uses (on lavapipe the subgroup
+    /// family's kernels take 0.1-0.4 s each to build, even with a warm shader cache).
+    built: OnceLock<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>,
     /// The buffers the entry point uses other than its uniform `p`: (name, binding).
     pub bindings: Vec<(String, u32)>,
     /// The WGSL struct of its uniform `p` at binding 0.
@@ -153,44 +156,62 @@ fn reflect(module: &naga::Module, info: &naga::valid::ModuleInfo, index: usize) 
     (bindings, uniform)
 }
 
+/// A shader file's composed source and, once one of its kernels is built, its module.
+struct File {
+    source: String,
+    module: OnceLock<wgpu::ShaderModule>,
+}
+
 pub struct Kernels {
+    files: HashMap<&'static str, File>,
     map: HashMap<String, Kernel>,
 }
 
 impl Kernels {
-    /// Build a pipeline for every entry point of every shader file.
+    /// Every entry point of every shader file the device can run, validated and
+    /// reflected by naga; pipelines are built at first use (`built`).
     pub fn new(gpu: &Gpu) -> Result<Kernels> {
-        let mut map = HashMap::new();
+        let (mut files, mut map) = (HashMap::new(), HashMap::new());
         let subgroups = gpu.features.contains(wgpu::Features::SUBGROUP);
         for (file, _) in SHADER_FILES {
             if SUBGROUP_FILES.contains(&file) && !subgroups {
                 continue;
             }
             let (module, info) = naga_module(file)?;
-            let src = composed_source(file)?;
-            let shader = gpu
-                .device
-                .create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(file), source: wgpu::ShaderSource::Wgsl(src.into()) });
             for (i, ep) in module.entry_points.iter().enumerate() {
                 let (bindings, uniform) = reflect(&module, &info, i);
-                let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(&ep.name),
-                    layout: None,
-                    module: &shader,
-                    entry_point: Some(&ep.name),
-                    compilation_options: Default::default(),
-                    cache: None,
-                });
-                let layout = pipeline.get_bind_group_layout(0);
                 let workgroup = ep.workgroup_size[0];
-                map.insert(ep.name.clone(), Kernel { file, pipeline, layout, bindings, uniform, workgroup });
+                map.insert(ep.name.clone(), Kernel { file, built: OnceLock::new(), bindings, uniform, workgroup });
             }
+            files.insert(file, File { source: composed_source(file)?, module: OnceLock::new() });
         }
-        Ok(Kernels { map })
+        Ok(Kernels { files, map })
     }
 
     pub fn get(&self, entry: &str) -> Result<&Kernel> {
         self.map.get(entry).ok_or_else(|| anyhow!("no shader entry point named {entry}"))
+    }
+
+    /// The pipeline of `entry` and its bind group layout, built now if not yet.
+    pub fn built(&self, gpu: &Gpu, entry: &str) -> Result<&(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
+        let k = self.get(entry)?;
+        let file = &self.files[k.file];
+        Ok(k.built.get_or_init(|| {
+            let module = file.module.get_or_init(|| {
+                let source = wgpu::ShaderSource::Wgsl(file.source.as_str().into());
+                gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(k.file), source })
+            });
+            let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            let layout = pipeline.get_bind_group_layout(0);
+            (pipeline, layout)
+        }))
     }
 
     pub fn entry_points(&self) -> impl Iterator<Item = &str> {
@@ -260,8 +281,8 @@ impl Kernels {
             };
             entries.push(wgpu::BindGroupEntry { binding: *b, resource });
         }
-        let bind_group =
-            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(entry), layout: &k.layout, entries: &entries });
+        let (_, layout) = self.built(gpu, entry)?;
+        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(entry), layout, entries: &entries });
         Ok(Dispatch {
             entry: entry.to_string(),
             label: String::new(),
@@ -275,8 +296,9 @@ impl Kernels {
     /// Record dispatches into one compute pass.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) -> Result<()> {
         for part in dispatches.iter().flat_map(|d| d.parts.iter()) {
-            let k = self.get(&part.entry)?;
-            pass.set_pipeline(&k.pipeline);
+            // Built when the dispatch was made (its bind group needed the layout).
+            let (pipeline, _) = self.get(&part.entry)?.built.get().ok_or_else(|| anyhow!("{}: no pipeline built", part.entry))?;
+            pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &part.bind_group, &[]);
             pass.dispatch_workgroups(part.grid[0], part.grid[1], part.grid[2]);
         }
