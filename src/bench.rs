@@ -119,7 +119,7 @@ pub fn ceiling_at(gpu: &Gpu, kernels: &Kernels, variant: Variant, n: usize) -> R
     let x = gpu.zeros("ceiling x", n * n);
     let w = gpu.zeros("ceiling w", n * n + n);
     let y = gpu.zeros("ceiling y", n * n);
-    let ops = Ops { gpu, k: kernels, variant };
+    let ops = Ops { gpu, k: kernels, variant, packs: None };
     let d = ops.dense_forward(n, n, n, &x, Weights { params: &w, w_off: 0, b_off: n * n }, false, &y)?;
     let mut best = f64::INFINITY;
     for _ in 0..3 {
@@ -406,7 +406,7 @@ fn sandbox(gpu: &Gpu, kernels: &Kernels, model: &Model, batch: usize, entry: &st
     let l = layers.iter().find(|l| l.name == lname).ok_or_else(|| anyhow!("no layer {name}; layers: {}", layer_names(model).join(", ")))?;
     println!("{entry} on {name} at batch {batch}");
     for variant in plan::offered(gpu) {
-        let o = Ops { gpu, k: kernels, variant };
+        let o = Ops { gpu, k: kernels, variant, packs: None };
         let case = match l.layer {
             Layer::Conv2D { .. } | Layer::Conv2DTranspose { .. } => conv_case(o, l, batch, entry)?,
             Layer::Dense { units, .. } => dense_case(o, l.input.len(), units, batch, entry)?,

@@ -45,7 +45,7 @@ const VARIANTS: [Variant; 2] = [Variant::Portable, Variant::Auto];
 
 fn ops_with(variant: Variant) -> Ops<'static> {
     let c = ctx();
-    Ops { gpu: &c.gpu, k: &c.kernels, variant }
+    Ops { gpu: &c.gpu, k: &c.kernels, variant, packs: None }
 }
 
 fn run(d: Vec<Dispatch>) {

@@ -13,6 +13,7 @@ use cvae::cpu::vae::OptState;
 use cvae::data::Dataset;
 use cvae::gpu::kernels::Kernels;
 use cvae::gpu::ops::Variant;
+use cvae::gpu::plan::{self, Plan};
 use cvae::gpu::trainer::{Trainer, TrainerSpec};
 use cvae::gpu::{device, AdapterChoice, Gpu};
 use cvae::model::{Model, Optimizer, Preset};
@@ -39,7 +40,7 @@ fn gpu() -> Gpu {
 ///   measured step-1 gradient difference of the tensor (times 8 for the later steps,
 ///   whose parameters already differ), each step contributes min(2 u_max, u_max 8 d / |g|),
 ///   plus a few ULP of the parameter.
-fn step_parity(preset: Preset, batch: usize) {
+fn step_parity(preset: Preset, batch: usize, variant: Variant) {
     let gpu = gpu();
     let kernels = Kernels::new(&gpu).unwrap();
     let model = Model::preset(preset, preset.default_latent(), preset.default_kl()).unwrap();
@@ -60,7 +61,7 @@ fn step_parity(preset: Preset, batch: usize) {
         test: &test,
         params: &init,
         fixed_z: &[],
-        plan: Default::default(),
+        plan: Plan::uniform(&model, variant),
     };
     let mut trainer = Trainer::new(&gpu, &kernels, spec).unwrap();
 
@@ -118,12 +119,22 @@ fn step_parity(preset: Preset, batch: usize) {
 
 #[test]
 fn three_gpu_steps_equal_three_cpu_steps_tf_cvae() {
-    step_parity(Preset::TfCvae, 8);
+    step_parity(Preset::TfCvae, 8, Variant::Auto);
+}
+
+/// The subgroup family shares packed textures across a step's forward and backward
+/// passes (`ops::Packs`): the whole step must still be the CPU's.
+#[test]
+fn three_gpu_steps_equal_three_cpu_steps_through_the_subgroup_family() {
+    if !plan::offered(&gpu()).contains(&Variant::Subgroup) {
+        eprintln!("this adapter has no subgroup family (lavapipe has): the step runs the default kernels");
+    }
+    step_parity(Preset::TfCvae, 8, Variant::Subgroup);
 }
 
 #[test]
 fn three_gpu_steps_equal_three_cpu_steps_keras_vae() {
-    step_parity(Preset::KerasVae, 5);
+    step_parity(Preset::KerasVae, 5, Variant::Auto);
 }
 
 fn config(epochs: u32) -> TrainConfig {

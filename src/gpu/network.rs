@@ -15,7 +15,7 @@
 use anyhow::{bail, Result};
 
 use super::kernels::Dispatch;
-use super::ops::{Ops, Weights};
+use super::ops::{Ops, Packs, Weights};
 use super::plan::{Op, Plan};
 use crate::model::{Activation, KlKind, Layer, LayerInfo, LossSpec, Model};
 
@@ -133,9 +133,10 @@ impl<'a> Network<'a> {
         &self.kl
     }
 
-    /// The launchers for op `op` of the layer labelled `label`, with the plan's family.
-    fn ops_for(&self, label: &str, op: Op) -> Ops<'a> {
-        Ops { variant: self.plan.variant(label, op), ..self.ops }
+    /// The launchers for op `op` of the layer labelled `label`, with the plan's family,
+    /// sharing the list's packed textures `packs`.
+    fn ops_for<'p>(&'p self, label: &str, op: Op, packs: &'p Packs) -> Ops<'p> {
+        Ops { variant: self.plan.variant(label, op), packs: Some(packs), ..self.ops }
     }
 
     fn weights<'b>(&self, buf: &'b wgpu::Buffer, l: &LayerInfo) -> Weights<'b> {
@@ -144,13 +145,21 @@ impl<'a> Network<'a> {
     }
 
     /// One layer forward, bias and activation fused; None for Flatten and Reshape.
-    pub fn layer_forward(&self, net: &str, l: &LayerInfo, n: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<Option<Dispatch>> {
+    pub fn layer_forward(
+        &self,
+        net: &str,
+        l: &LayerInfo,
+        n: usize,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        packs: &Packs,
+    ) -> Result<Option<Dispatch>> {
         let relu = l.activation() == Activation::Relu;
         if matches!(l.layer, Layer::Flatten | Layer::Reshape { .. }) {
             return Ok(None);
         }
         let label = format!("{net}.{}", l.name);
-        let o = self.ops_for(&label, Op::Forward);
+        let o = self.ops_for(&label, Op::Forward, packs);
         let w = self.weights(&self.params, l);
         let d = match l.layer {
             Layer::Conv2D { .. } => o.conv2d_forward(&l.conv_geom(n).expect("conv"), x, w, relu, y)?,
@@ -174,6 +183,7 @@ impl<'a> Network<'a> {
         dy: &wgpu::Buffer,
         grads: &wgpu::Buffer,
         dx: Option<&wgpu::Buffer>,
+        packs: &Packs,
     ) -> Result<Vec<Dispatch>> {
         let o = self.ops;
         let mut d = Vec::new();
@@ -181,7 +191,7 @@ impl<'a> Network<'a> {
             return Ok(d);
         }
         let label = format!("{net}.{}", l.name);
-        let (ok, oi) = (self.ops_for(&label, Op::BackwardKernel), self.ops_for(&label, Op::BackwardInput));
+        let (ok, oi) = (self.ops_for(&label, Op::BackwardKernel, packs), self.ops_for(&label, Op::BackwardInput, packs));
         if l.activation() == Activation::Relu {
             d.push(o.relu_backward(n * l.output.len(), y, dy)?);
         }
@@ -217,10 +227,10 @@ impl<'a> Network<'a> {
     }
 
     /// The layers of one network, forward, over the activation chain `ids`.
-    fn chain_forward(&self, net: &str, layers: &[LayerInfo], ids: &[usize], n: usize) -> Result<Vec<Dispatch>> {
+    fn chain_forward(&self, net: &str, layers: &[LayerInfo], ids: &[usize], n: usize, packs: &Packs) -> Result<Vec<Dispatch>> {
         let mut d = Vec::new();
         for (i, l) in layers.iter().enumerate() {
-            d.extend(self.layer_forward(net, l, n, &self.acts[ids[i]], &self.acts[ids[i + 1]])?);
+            d.extend(self.layer_forward(net, l, n, &self.acts[ids[i]], &self.acts[ids[i + 1]], packs)?);
         }
         Ok(d)
     }
@@ -235,25 +245,27 @@ impl<'a> Network<'a> {
         n: usize,
         grads: &wgpu::Buffer,
         need_input_grad: bool,
+        packs: &Packs,
     ) -> Result<Vec<Dispatch>> {
         let (a, da) = (&self.acts, &self.d_acts);
         let mut d = Vec::new();
         for (i, l) in layers.iter().enumerate().rev() {
             let (xi, yi) = (ids[i], ids[i + 1]);
             let dx = (need_input_grad || xi != ids[0]).then(|| &da[xi]);
-            d.extend(self.layer_backward(net, l, n, &a[xi], &a[yi], &da[yi], grads, dx)?);
+            d.extend(self.layer_backward(net, l, n, &a[xi], &a[yi], &da[yi], grads, dx, packs)?);
         }
         Ok(d)
     }
 
-    /// `cpu::vae::encode`: `input()` through the encoder into `enc_out()`.
-    pub fn encode(&self, n: usize) -> Result<Vec<Dispatch>> {
-        self.chain_forward("encoder", &self.model.encoder, &self.enc, n)
+    /// `cpu::vae::encode`: `input()` through the encoder into `enc_out()`. `packs`:
+    /// the textures shared within the dispatch list being built (one `Packs` a list).
+    pub fn encode(&self, n: usize, packs: &Packs) -> Result<Vec<Dispatch>> {
+        self.chain_forward("encoder", &self.model.encoder, &self.enc, n, packs)
     }
 
     /// `cpu::vae::decode`: `latent()` through the decoder into `logits()`.
-    pub fn decode(&self, n: usize) -> Result<Vec<Dispatch>> {
-        self.chain_forward("decoder", &self.model.decoder, &self.dec, n)
+    pub fn decode(&self, n: usize, packs: &Packs) -> Result<Vec<Dispatch>> {
+        self.chain_forward("decoder", &self.model.decoder, &self.dec, n, packs)
     }
 
     /// z = mean + exp(logvar / 2) * eps into `latent()`, eps drawn on the GPU from `noise`.
@@ -277,10 +289,10 @@ impl<'a> Network<'a> {
 
     /// `cpu::vae::forward`: encode, reparameterize, decode, the loss terms of `loss`,
     /// and the batch loss into `losses[step.loss_slot]` (the step uniform of `noise`).
-    pub fn forward(&self, n: usize, noise: Noise<'_>, loss: LossSpec, losses: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
-        let mut d = self.encode(n)?;
+    pub fn forward(&self, n: usize, noise: Noise<'_>, loss: LossSpec, losses: &wgpu::Buffer, packs: &Packs) -> Result<Vec<Dispatch>> {
+        let mut d = self.encode(n, packs)?;
         d.push(self.reparameterize(n, noise)?);
-        d.extend(self.decode(n)?);
+        d.extend(self.decode(n, packs)?);
         d.extend(self.loss_terms(n, loss.kl, loss.kl_scale)?);
         d.push(self.ops.loss_reduce(n, loss.recon_scale, &self.ce, &self.kl, losses, noise.step)?.labeled("loss"));
         Ok(d)
@@ -288,7 +300,7 @@ impl<'a> Network<'a> {
 
     /// `cpu::vae::backward`: the gradient of the batch loss of the last `forward` (with
     /// the model's own loss) w.r.t. every parameter, into `grads` (flat layout).
-    pub fn backward(&self, n: usize, grads: &wgpu::Buffer) -> Result<Vec<Dispatch>> {
+    pub fn backward(&self, n: usize, grads: &wgpu::Buffer, packs: &Packs) -> Result<Vec<Dispatch>> {
         if self.d_acts.is_empty() {
             bail!("this network was built without gradient buffers");
         }
@@ -298,7 +310,7 @@ impl<'a> Network<'a> {
         let mut d = vec![o
             .sigmoid_cross_entropy_backward(n, m.image.len(), m.loss.recon_scale, &a[logits], self.input(), &da[logits])?
             .labeled("loss")];
-        d.extend(self.chain_backward("decoder", &m.decoder, &self.dec, n, grads, true)?);
+        d.extend(self.chain_backward("decoder", &m.decoder, &self.dec, n, grads, true, packs)?);
         let scale = 1.0 / n as f32;
         let kl = match m.loss.kl {
             KlKind::Mc => o.kl_mc_backward(n, m.latent, scale, &da[z], &a[enc], &self.eps, &a[z], &da[enc])?,
@@ -306,7 +318,7 @@ impl<'a> Network<'a> {
         };
         d.push(kl.labeled("latent"));
         // The first layer's input is the data: no gradient needed there.
-        d.extend(self.chain_backward("encoder", &m.encoder, &self.enc, n, grads, false)?);
+        d.extend(self.chain_backward("encoder", &m.encoder, &self.enc, n, grads, false, packs)?);
         Ok(d)
     }
 }

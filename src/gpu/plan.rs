@@ -244,7 +244,7 @@ fn screen(
     let b = site_buffers(gpu, l, batch, op);
     let mut outputs = Vec::new();
     for &v in offered {
-        let d = site_dispatch(Ops { gpu, k: kernels, variant: v }, l, batch, op, &b)
+        let d = site_dispatch(Ops { gpu, k: kernels, variant: v, packs: None }, l, batch, op, &b)
             .with_context(|| format!("{} ({})", timing.site, v.name()))?;
         let ms = time_once(gpu, kernels, &d, base)?;
         let mut got: Vec<f32> = gpu.read(&b.out)?;
@@ -285,7 +285,7 @@ fn tune_site(
     let b = site_buffers(gpu, l, batch, op);
     let mut runs = Vec::new();
     for &v in &contenders {
-        let d = site_dispatch(Ops { gpu, k: kernels, variant: v }, l, batch, op, &b)?;
+        let d = site_dispatch(Ops { gpu, k: kernels, variant: v, packs: None }, l, batch, op, &b)?;
         let ms = time_once(gpu, kernels, &d, base)?;
         runs.push((v, d, ms));
     }
@@ -311,8 +311,10 @@ pub fn tune(gpu: &Gpu, kernels: &Kernels, model: &Model, batch: usize) -> Result
     // dispatch (lavapipe) does it here, so no family is timed with its compilation.
     for (l, op) in sites(model) {
         let b = site_buffers(gpu, l, 1, op);
-        let warm: Vec<Dispatch> =
-            offered.iter().map(|&v| site_dispatch(Ops { gpu, k: kernels, variant: v }, l, 1, op, &b)).collect::<Result<_>>()?;
+        let warm: Vec<Dispatch> = offered
+            .iter()
+            .map(|&v| site_dispatch(Ops { gpu, k: kernels, variant: v, packs: None }, l, 1, op, &b))
+            .collect::<Result<_>>()?;
         kernels.run_now(gpu, &warm)?;
     }
     let base = submit_overhead_ns(gpu)?;

@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Result};
 
 use super::kernels::{Dispatch, Kernels};
 use super::network::{Network, Noise};
-use super::ops::{Ops, StepUniform, Variant};
+use super::ops::{Ops, Packs, StepUniform, Variant};
 use super::plan::Plan;
 use super::Gpu;
 use crate::math::sigmoid;
@@ -29,7 +29,7 @@ impl<'a> Runner<'a> {
         if cap == 0 {
             bail!("the runner needs room for at least one image");
         }
-        let ops = Ops { gpu, k: kernels, variant: Variant::Auto };
+        let ops = Ops { gpu, k: kernels, variant: Variant::Auto, packs: None };
         let net = Network::new(ops, plan, model, params, cap, false)?;
         Ok(Runner { gpu, kernels, net, step: gpu.uniform("step", &StepUniform::default()), kl_closed: gpu.zeros("closed-form kl", cap) })
     }
@@ -57,7 +57,7 @@ impl<'a> Runner<'a> {
         for chunk in x.chunks(self.net.cap() * pixels) {
             let n = chunk.len() / pixels;
             self.gpu.queue.write_buffer(self.net.input(), 0, bytemuck::cast_slice(chunk));
-            self.run(&self.net.encode(n)?)?;
+            self.run(&self.net.encode(n, &Packs::default())?)?;
             out.extend(self.read_rows(self.net.enc_out(), n, width)?);
         }
         Ok(out)
@@ -70,7 +70,7 @@ impl<'a> Runner<'a> {
         for chunk in z.chunks(self.net.cap() * latent) {
             let n = chunk.len() / latent;
             self.gpu.queue.write_buffer(self.net.latent(), 0, bytemuck::cast_slice(chunk));
-            self.run(&self.net.decode(n)?)?;
+            self.run(&self.net.decode(n, &Packs::default())?)?;
             out.extend(self.read_rows(self.net.logits(), n, pixels)?.into_iter().map(sigmoid));
         }
         Ok(out)
@@ -96,7 +96,7 @@ impl<'a> Runner<'a> {
             let n = chunk.len() / pixels;
             let first = first_image + c * self.net.cap();
             self.gpu.queue.write_buffer(self.net.input(), 0, bytemuck::cast_slice(chunk));
-            let mut d = self.net.encode(n)?;
+            let mut d = self.net.encode(n, &Packs::default())?;
             let o = self.net.ops();
             d.push(o.kl_analytic_forward(n, self.model().latent, 0.5, self.net.enc_out(), &self.kl_closed)?);
             self.run(&d)?;
@@ -120,7 +120,7 @@ impl<'a> Runner<'a> {
     ) -> Result<()> {
         let noise = Noise { key, step: &self.step, by_image: true };
         let mut list = vec![self.net.reparameterize(n, noise)?];
-        list.extend(self.net.decode(n)?);
+        list.extend(self.net.decode(n, &Packs::default())?);
         list.extend(self.net.loss_terms(n, KlKind::Mc, 0.0)?);
         // Read back every `group` samples: at most 2^20 values per buffer.
         let group = samples.min(((1 << 20) / n).max(1));

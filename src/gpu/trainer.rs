@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 
 use super::kernels::{Dispatch, Kernels};
 use super::network::{Network, Noise};
-use super::ops::{Ops, StepUniform, Variant};
+use super::ops::{Ops, Packs, StepUniform, Variant};
 use super::plan::Plan;
 use super::Gpu;
 use crate::data::Split;
@@ -114,7 +114,7 @@ impl<'a> Trainer<'a> {
         let fixed_count = fixed_z.len() / model.latent;
         let cap = batch.max(fixed_count);
         check_limits(gpu, model, cap, train)?;
-        let ops = Ops { gpu, k: kernels, variant: Variant::Auto };
+        let ops = Ops { gpu, k: kernels, variant: Variant::Auto, packs: None };
         let identity: Vec<u32> = (0..test.len() as u32).collect();
         let mut t = Trainer {
             gpu,
@@ -147,7 +147,7 @@ impl<'a> Trainer<'a> {
             if train_tail > 0 { t.build_train(train_tail)? } else { Vec::new() },
             t.build_eval(batch)?,
             if test_tail > 0 { t.build_eval(test_tail)? } else { Vec::new() },
-            if fixed_count > 0 { t.net.decode(fixed_count)? } else { Vec::new() },
+            if fixed_count > 0 { t.net.decode(fixed_count, &Packs::default())? } else { Vec::new() },
         ];
         Ok(t)
     }
@@ -179,8 +179,10 @@ impl<'a> Trainer<'a> {
         let m = self.model();
         let noise = Noise { key: self.rng.key(Stream::Noise), step: &self.step_buf, by_image: false };
         let mut d = vec![self.gather(n, &self.train_images, &self.train_order, &self.step_buf)?];
-        d.extend(self.net.forward(n, noise, m.loss, &self.train_losses)?);
-        d.extend(self.net.backward(n, &self.grads)?);
+        // The backward pass reads the forward's packed activations.
+        let packs = Packs::default();
+        d.extend(self.net.forward(n, noise, m.loss, &self.train_losses, &packs)?);
+        d.extend(self.net.backward(n, &self.grads, &packs)?);
         let (o, params) = (self.net.ops(), self.net.params());
         let update = match self.opt {
             Optimizer::Adam { beta1, beta2, eps, .. } => {
@@ -199,7 +201,7 @@ impl<'a> Trainer<'a> {
         let elbo = LossSpec { recon_scale: 1.0, kl: self.model().loss.kl, kl_scale: 0.5 };
         let noise = Noise { key: self.rng.key(Stream::EvalNoise), step: &self.eval_step_buf, by_image: false };
         let mut d = vec![self.gather(n, &self.test_images, &self.test_order, &self.eval_step_buf)?];
-        d.extend(self.net.forward(n, noise, elbo, &self.eval_losses)?);
+        d.extend(self.net.forward(n, noise, elbo, &self.eval_losses, &Packs::default())?);
         Ok(d)
     }
 
