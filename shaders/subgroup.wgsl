@@ -315,6 +315,11 @@ fn phase() -> Phase {
     return Phase(n, taps, i0, (r + pad) / s);
 }
 
+// The image and phase pixel (b, qy, qx) of row m of a phase's input gradient.
+fn phase_pixel(m: u32, ph: Phase) -> vec3<u32> {
+    return vec3<u32>(m / (ph.n.x * ph.n.y), (m / ph.n.y) % ph.n.x, m % ph.n.y);
+}
+
 // The transposed texture's row of this phase's reduction index 4 kq (F % 4 == 0):
 // tap t = kq / (F / 4) of the phase, channel 4 (kq % (F / 4)).
 fn weight_row_t(kq: u32, ph: Phase) -> u32 {
@@ -347,8 +352,7 @@ fn conv2d_backward_input_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin
     let col = wg.x * 8u + li % 8u;
     let c4 = min(col, c4s - 1u);
     let r0 = (wg.y * 4u + li / 8u) * 32u;
-    let m0 = min(r0, m_total - 1u);
-    var pos = vec3<u32>(m0 / (ph.n.x * ph.n.y), (m0 / ph.n.y) % ph.n.x, m0 % ph.n.y);
+    var pos = phase_pixel(min(r0, m_total - 1u), ph);
     //#unroll I 32
     let b{I} = pos.x;
     let qy{I} = pos.y;
@@ -562,8 +566,7 @@ fn conv2d_backward_input_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(l
     let m_total = p.batch * ph.n.x * ph.n.y;
     let f4s = p.out_c / 4u;
     let r0 = (wg.x * 4u + li / 8u) * 32u;
-    let m0 = min(r0, m_total - 1u);
-    var pos = vec3<u32>(m0 / (ph.n.x * ph.n.y), (m0 / ph.n.y) % ph.n.x, m0 % ph.n.y);
+    var pos = phase_pixel(min(r0, m_total - 1u), ph);
     //#unroll I 32
     let b{I} = pos.x;
     let qy{I} = pos.y;
