@@ -281,43 +281,37 @@ impl Kernels {
             };
             entries.push(wgpu::BindGroupEntry { binding: *b, resource });
         }
-        let (_, layout) = self.built(gpu, entry)?;
+        let (pipeline, layout) = self.built(gpu, entry)?;
         let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(entry), layout, entries: &entries });
         Ok(Dispatch {
             entry: entry.to_string(),
             label: String::new(),
             flops: 0.0,
-            parts: vec![Part { entry: entry.to_string(), bind_group, grid }],
+            parts: vec![Part { pipeline: pipeline.clone(), bind_group, grid }],
             keep: vec![ubuf],
             keep_textures: Vec::new(),
         })
     }
 
     /// Record dispatches into one compute pass.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) -> Result<()> {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) {
         for part in dispatches.iter().flat_map(|d| d.parts.iter()) {
-            // Built when the dispatch was made (its bind group needed the layout).
-            let (pipeline, _) = self.get(&part.entry)?.built.get().ok_or_else(|| anyhow!("{}: no pipeline built", part.entry))?;
-            pass.set_pipeline(pipeline);
+            pass.set_pipeline(&part.pipeline);
             pass.set_bind_group(0, &part.bind_group, &[]);
             pass.dispatch_workgroups(part.grid[0], part.grid[1], part.grid[2]);
         }
-        Ok(())
     }
 
     /// One command buffer holding the dispatches in one compute pass.
-    pub fn encode(&self, gpu: &Gpu, dispatches: &[Dispatch]) -> Result<wgpu::CommandBuffer> {
+    pub fn encode(&self, gpu: &Gpu, dispatches: &[Dispatch]) -> wgpu::CommandBuffer {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            self.record(&mut pass, dispatches)?;
-        }
-        Ok(enc.finish())
+        self.record(&mut enc.begin_compute_pass(&Default::default()), dispatches);
+        enc.finish()
     }
 
     /// Record, submit and wait: for tests and one-off work, never inside the batch loop.
     pub fn run_now(&self, gpu: &Gpu, dispatches: &[Dispatch]) -> Result<()> {
-        gpu.queue.submit([self.encode(gpu, dispatches)?]);
+        gpu.queue.submit([self.encode(gpu, dispatches)]);
         gpu.wait()
     }
 }
@@ -367,7 +361,7 @@ impl Dispatch {
 /// Nanoseconds of one dispatch by the wall clock: submitted alone and waited for,
 /// less `baseline_ns` (what an empty submission costs; `submit_overhead_ns`).
 pub fn wall_time_ns(gpu: &Gpu, kernels: &Kernels, d: &Dispatch, baseline_ns: f64) -> Result<f64> {
-    let cmd = kernels.encode(gpu, std::slice::from_ref(d))?;
+    let cmd = kernels.encode(gpu, std::slice::from_ref(d));
     let t0 = std::time::Instant::now();
     gpu.queue.submit([cmd]);
     gpu.wait()?;
@@ -419,7 +413,7 @@ pub fn profile(gpu: &Gpu, kernels: &Kernels, dispatches: &[Dispatch]) -> Result<
                 end_of_pass_write_index: Some(2 * i as u32 + 1),
             };
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&d.entry), timestamp_writes: Some(tw) });
-            kernels.record(&mut pass, std::slice::from_ref(d))?;
+            kernels.record(&mut pass, std::slice::from_ref(d));
         }
         enc.resolve_query_set(&set, 0..count, &resolve, 0);
         gpu.queue.submit([enc.finish()]);
@@ -460,7 +454,7 @@ pub struct Dispatch {
 
 /// One compute dispatch of an op.
 struct Part {
-    entry: String,
+    pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     grid: [u32; 3],
 }
