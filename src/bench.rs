@@ -142,7 +142,7 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
         bail!("--batch-size must be at least 1");
     }
     if let Some(k) = &a.kernel {
-        sandbox(&gpu, &kernels, &model, batch, k, a.layer.as_deref())?;
+        sandbox(&gpu, &kernels, &model, batch, k, a.layer.as_deref(), a.variant)?;
         return Ok(None);
     }
     let data = Dataset::embedded()?;
@@ -398,14 +398,15 @@ fn print_choice(r: &Report) {
 }
 
 /// Run one kernel's variants on one layer's shape: check each against the CPU
-/// reference, then time it (median of 5 with timestamp queries).
-fn sandbox(gpu: &Gpu, kernels: &Kernels, model: &Model, batch: usize, entry: &str, layer: Option<&str>) -> Result<()> {
+/// reference, then time it (median of 5 with timestamp queries). A forced `only`
+/// variant runs that family alone.
+fn sandbox(gpu: &Gpu, kernels: &Kernels, model: &Model, batch: usize, entry: &str, layer: Option<&str>, only: Variant) -> Result<()> {
     let name = layer.ok_or_else(|| anyhow!("--kernel needs --layer (one of: {})", layer_names(model).join(", ")))?;
     let (net, lname) = name.split_once('.').ok_or_else(|| anyhow!("--layer takes encoder.NAME or decoder.NAME, got {name}"))?;
     let layers = if net == "encoder" { &model.encoder } else { &model.decoder };
     let l = layers.iter().find(|l| l.name == lname).ok_or_else(|| anyhow!("no layer {name}; layers: {}", layer_names(model).join(", ")))?;
     println!("{entry} on {name} at batch {batch}");
-    for variant in plan::offered(gpu) {
+    for variant in plan::offered(gpu).into_iter().filter(|&v| only == Variant::Auto || v == only) {
         let o = Ops { gpu, k: kernels, variant, packs: None };
         let case = match l.layer {
             Layer::Conv2D { .. } | Layer::Conv2DTranspose { .. } => conv_case(o, l, batch, entry)?,
@@ -550,6 +551,19 @@ fn check_and_time(gpu: &Gpu, kernels: &Kernels, variant: Variant, case: &Case) -
         max_abs,
         max_rel
     );
+    // An op of several dispatches (packing, phases, partial sums): each one's time.
+    let parts = d.split();
+    if parts.len() > 1 {
+        let mut each: Vec<Vec<f64>> = vec![Vec::new(); parts.len()];
+        for _ in 0..5 {
+            for (e, t) in each.iter_mut().zip(profile_checked(gpu, kernels, &parts)?.0) {
+                e.push(t);
+            }
+        }
+        for (p, e) in parts.iter().zip(each) {
+            println!("  {:<10}   {:<34} {:>9.3} ms", "", p.entry, Spread::of(e).median / 1e6);
+        }
+    }
     Ok(())
 }
 

@@ -52,7 +52,8 @@ pub fn composed_source(name: &str) -> Result<String> {
 }
 
 /// Expand `//#unroll NAME COUNT` ... `//#end` blocks: the lines between are written
-/// COUNT times with `{NAME}` replaced by 0, 1, ... COUNT - 1. Blocks nest. Kernels
+/// COUNT times with `{NAME}` replaced by 0, 1, ... COUNT - 1 (and `{NAME+K}` by that
+/// plus K). Blocks nest. Kernels
 /// that broadcast across a subgroup need this: `subgroupBroadcast` takes a constant
 /// lane, and WGSL has no loop unrolling of its own.
 pub fn expand_unrolls(src: &str) -> Result<String> {
@@ -76,6 +77,14 @@ fn expand_from(lines: &[&str], i: usize, subs: &[(String, usize)], out: &mut Str
         let mut l = line.to_string();
         for (name, v) in subs {
             l = l.replace(&format!("{{{name}}}"), &v.to_string());
+            // `{NAME+K}`: the value plus a constant (a sliding window's neighbours).
+            let open = format!("{{{name}+");
+            while let Some(at) = l.find(&open) {
+                let rest = &l[at + open.len()..];
+                let close = rest.find('}').ok_or_else(|| anyhow!("line {}: unclosed {open}", i + 1))?;
+                let k: usize = rest[..close].parse().map_err(|_| anyhow!("line {}: {open}{} is not NAME+number", i + 1, &rest[..close]))?;
+                l = format!("{}{}{}", &l[..at], v + k, &rest[close + 1..]);
+            }
         }
         out.push_str(&l);
         out.push('\n');
@@ -287,7 +296,7 @@ impl Kernels {
             entry: entry.to_string(),
             label: String::new(),
             flops: 0.0,
-            parts: vec![Part { pipeline: pipeline.clone(), bind_group, grid }],
+            parts: vec![Part { entry: entry.to_string(), pipeline: pipeline.clone(), bind_group, grid }],
             keep: vec![ubuf],
             keep_textures: Vec::new(),
         })
@@ -345,6 +354,19 @@ impl Dispatch {
     pub fn named(mut self, entry: &str) -> Self {
         self.entry = entry.to_string();
         self
+    }
+    /// Each dispatch of this op as an op of its own, named by its entry point (to time
+    /// them one by one); each keeps everything the op keeps.
+    pub fn split(&self) -> Vec<Dispatch> {
+        let part = |p: &Part| Dispatch {
+            entry: p.entry.clone(),
+            label: self.label.clone(),
+            flops: 0.0,
+            parts: vec![p.clone()],
+            keep: self.keep.clone(),
+            keep_textures: self.keep_textures.clone(),
+        };
+        self.parts.iter().map(part).collect()
     }
     /// Keep a scratch buffer alive as long as the dispatch.
     pub fn keeping(mut self, buf: wgpu::Buffer) -> Self {
@@ -453,7 +475,9 @@ pub struct Dispatch {
 }
 
 /// One compute dispatch of an op.
+#[derive(Clone)]
 struct Part {
+    entry: String,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     grid: [u32; 3],
@@ -465,6 +489,8 @@ mod tests {
     fn unroll_blocks_expand_and_nest() {
         let src = "a\n  //#unroll I 2\n  x{I}\n  //#unroll J 2\n  y{I}{J}\n  //#end\n  //#end\nb\n";
         assert_eq!(super::expand_unrolls(src).unwrap(), "a\n  x0\n  y00\n  y01\n  x1\n  y10\n  y11\nb\n");
+        assert_eq!(super::expand_unrolls("//#unroll I 2\nv{I+2} + v{I}\n//#end\n").unwrap(), "v2 + v0\nv3 + v1\n");
+        assert!(super::expand_unrolls("//#unroll I 2\nv{I+x}\n//#end\n").is_err(), "an offset is a number");
         assert!(super::expand_unrolls("//#unroll I 2\nx\n").is_err(), "an open block is an error");
         assert!(super::expand_unrolls("x\n//#end\n").is_err(), "a stray end is an error");
     }
