@@ -89,9 +89,24 @@ fn pack_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     textureStore(wtex_out, texel(k, idx % f4s, f4s), v);
 }
 
+// Kernel taps (ky, kx) with ky % stride < a among the first n rows (or columns).
+fn count_below(n: u32, a: u32) -> u32 {
+    return (n / p.stride) * a + min(n % p.stride, a);
+}
+
+// The transposed weight texture holds the taps by phase class (ky % stride, kx % stride),
+// the classes one after another in row-major order, each class's taps (ky / stride,
+// kx / stride) row-major: a phase's reduction rows are then consecutive, and a kernel
+// finds row k of its phase at first row + k, with no division in its inner loop.
+// The taps stored before class `i0`, which has `taps_y` taps along y.
+fn taps_before(i0: vec2<u32>, taps_y: u32) -> u32 {
+    return count_below(p.k_h, i0.x) * p.k_w + taps_y * count_below(p.k_w, i0.y);
+}
+
 // Bindings: p, params, wtex_out. Grid: one invocation per texel.
-// One invocation: texel (k, c4) of the kernel as a (kh * kw * F) x C matrix (row
-// k = tap * F + f): what conv2d_backward_input_subgroup multiplies by.
+// One invocation: texel (k, c4) of the kernel as a (kh * kw * F) x C matrix, the taps
+// in phase-class order (taps_before), row k = tap * F + f: what
+// conv2d_backward_input_subgroup multiplies by.
 @compute @workgroup_size(WG)
 fn pack_weights_transposed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let c4s = (p.in_c + 3u) / 4u;
@@ -106,18 +121,28 @@ fn pack_weights_transposed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
     for (var q = 0u; q < 4u; q++) {
         if c + q < p.in_c { v[q] = params[p.w_off + (tap * p.in_c + c + q) * p.out_c + f]; }
     }
-    textureStore(wtex_out, texel(k, idx % c4s, c4s), v);
+    let s = p.stride;
+    let ky = tap / p.k_w;
+    let kx = tap % p.k_w;
+    let cls = vec2<u32>(ky % s, kx % s);
+    let taps_y = (p.k_h - cls.x + s - 1u) / s;
+    let taps_x = (p.k_w - cls.y + s - 1u) / s;
+    let t = taps_before(cls, taps_y) + (ky / s) * taps_x + kx / s;
+    textureStore(wtex_out, texel(t * p.out_c + f, idx % c4s, c4s), v);
 }
 
-// Bindings: p, rows4, wtex_out. Grid: one invocation per texel.
-// One invocation: texel (r, c4) of an activation of p.batch rows of p.in_c vec4s (pixels
-// x channels), so the GEMM kernels read it through a texture (a vector gather in
-// llvmpipe) instead of per-lane storage loads.
+// Bindings: p, rows4, wtex_out. Grid: one invocation per row.
+// One invocation: row r of an activation of p.batch rows of p.in_c vec4s (pixels x
+// channels) into a texture, so the GEMM kernels read it through a texture (a vector
+// gather in llvmpipe) instead of per-lane storage loads. A loop over the row, not an
+// invocation per texel: finding a texel's row would take a vector integer division.
 @compute @workgroup_size(WG)
 fn pack_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let idx = linear_id(wid, nwg, lid);
-    if idx >= p.batch * p.in_c { return; }
-    textureStore(wtex_out, texel(idx / p.in_c, idx % p.in_c, p.in_c), rows4[idx]);
+    let r = linear_id(wid, nwg, lid);
+    if r >= p.batch { return; }
+    for (var c4 = 0u; c4 < p.in_c; c4++) {
+        textureStore(wtex_out, texel(r, c4, p.in_c), rows4[r * p.in_c + c4]);
+    }
 }
 
 // Bindings: p, rows4, scalars_out. Grid: one invocation per 4 elements.
@@ -320,22 +345,6 @@ fn phase_pixel(m: u32, ph: Phase) -> vec3<u32> {
     return vec3<u32>(m / (ph.n.x * ph.n.y), (m / ph.n.y) % ph.n.x, m % ph.n.y);
 }
 
-// The transposed texture's row of this phase's reduction index 4 kq (F % 4 == 0):
-// tap t = kq / (F / 4) of the phase, channel 4 (kq % (F / 4)).
-fn weight_row_t(kq: u32, ph: Phase) -> u32 {
-    let f4s = max(p.out_c / 4u, 1u);
-    let t = kq / f4s;
-    let tap = (ph.i0.x + p.stride * (t / ph.taps.y)) * p.k_w + ph.i0.y + p.stride * (t % ph.taps.y);
-    return tap * p.out_c + 4u * (kq % f4s);
-}
-
-// The same for reduction index k when F % 4 != 0.
-fn weight_row_t_scalar(k: u32, ph: Phase) -> u32 {
-    let t = k / p.out_c;
-    let tap = (ph.i0.x + p.stride * (t / ph.taps.y)) * p.k_w + ph.i0.y + p.stride * (t % ph.taps.y);
-    return tap * p.out_c + k % p.out_c;
-}
-
 // Bindings: p, dy4, wtex (packed by pack_weights_transposed), params, dx4. Grid:
 // (ceil(C / 32), ceil(B * rows * cols of the phase / 128)) workgroups; one dispatch per
 // phase (p.phase_y, p.phase_x) of the stride, so every row of an invocation meets the
@@ -349,6 +358,8 @@ fn conv2d_backward_input_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin
     let m_total = p.batch * ph.n.x * ph.n.y;
     let k_total = ph.taps.x * ph.taps.y * p.out_c;
     let kq_total = (k_total + 3u) / 4u;
+    // The phase's rows of the transposed kernel: reduction index k is row w_rows + k.
+    let w_rows = taps_before(ph.i0, ph.taps.x) * p.out_c;
     let col = wg.x * 8u + li % 8u;
     let c4 = min(col, c4s - 1u);
     let r0 = (wg.y * 4u + li / 8u) * 32u;
@@ -372,11 +383,8 @@ fn conv2d_backward_input_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin
         let a{I} = gather_dy(bo{I}, oy{I}, ox{I}, kq, lane_tap, ph.taps);
         //#end
         //#unroll J 8
-        let row{J} = weight_row_t(min(k0 + {J}u, kq_total - 1u), ph);
         //#unroll C 4
-        var r{J}{C} = row{J} + {C}u;
-        if p.out_c % 4u != 0u { r{J}{C} = weight_row_t_scalar(min(4u * (k0 + {J}u) + {C}u, k_total - 1u), ph); }
-        let b{J}{C} = textureLoad(wtex, texel(r{J}{C}, c4, c4s), 0);
+        let b{J}{C} = textureLoad(wtex, texel(w_rows + min(4u * (k0 + {J}u) + {C}u, k_total - 1u), c4, c4s), 0);
         //#unroll I 32
         acc{I} = fma(vec4<f32>(subgroupBroadcast(a{I}[{C}], {J}u)), b{J}{C}, acc{I});
         //#end
@@ -496,12 +504,10 @@ fn conv2d_backward_kernel_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builti
 // channels over the lanes would leave 7 of 8 idle; here the lanes split the
 // reduction's channels instead, a vec4 each, and subgroupAdd adds them up.
 
-// The 4 texture rows of reduction channels 4 c4 .. +4 at tap t: row q holds the (at most
-// 4) outputs' weights of channel 4 c4 + q, a texel of the packed kernel (pack_weights
-// for the forward, whose rows are tap * C + c; pack_weights_transposed for the input
-// gradient, rows tap * F + f).
-fn narrow_weights(t: u32, c4: u32, cin: u32) -> mat4x4<f32> {
-    let k = t * cin + 4u * c4;
+// The 4 texture rows k .. k + 4: row q holds the (at most 4) outputs' weights of one
+// reduction channel, a texel of the packed kernel (pack_weights for the forward, rows
+// tap * C + c; pack_weights_transposed for the input gradient, rows tap * F + f by phase).
+fn narrow_weights(k: u32) -> mat4x4<f32> {
     return mat4x4<f32>(textureLoad(wtex, texel(k, 0u, 1u), 0), textureLoad(wtex, texel(k + 1u, 0u, 1u), 0),
                        textureLoad(wtex, texel(k + 2u, 0u, 1u), 0), textureLoad(wtex, texel(k + 3u, 0u, 1u), 0));
 }
@@ -535,7 +541,7 @@ fn conv2d_forward_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
         let c4 = min(c0 + lane, c4s - 1u);
         let live = c0 + lane < c4s;
         for (var t = 0u; t < p.k_h * p.k_w; t++) {
-            let w = transpose(narrow_weights(t, c4, p.in_c));
+            let w = transpose(narrow_weights(t * p.in_c + 4u * c4));
             let ti = i32(t / p.k_w);
             let tj = i32(t % p.k_w);
             //#unroll I 32
@@ -554,48 +560,63 @@ fn conv2d_forward_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
     //#end
 }
 
-// Bindings: p, dytex (pack_rows), wtex (pack_weights_transposed), params, dx4. Grid: ceil(B * rows * cols of
-// the phase / 128) workgroups, one dispatch per phase of the stride (as
-// conv2d_backward_input_subgroup).
-// One subgroup: dx = act(bias + sum over the phase's taps and f of dy * kernel) for 32
-// fine-side pixels and all in_c <= 4 channels; lane l sums output channels
-// 4 (l + 8 j) .. +4, then subgroupAdd. (With bias and ReLU: a Conv2DTranspose's forward.)
+// Bindings: p, dytex (pack_rows), wtex (pack_weights_transposed), params, dx4. Grid:
+// ceil(B * rows of the phase * ceil(columns of the phase / 32) / 4) workgroups, one
+// dispatch per phase of the stride (as conv2d_backward_input_subgroup).
+// One subgroup: dx = act(bias + sum over the phase's taps and f of dy * kernel) for a
+// strip of 32 consecutive pixels of one row of the phase and all in_c <= 4 channels;
+// lane l sums output channels 4 (l + 8 j) .. +4, then subgroupAdd. (With bias and ReLU:
+// a Conv2DTranspose's forward.) Pixel qx of the strip meets dy column e + qx - tj
+// through tap column tj, so three neighbouring tap columns meet 34 columns: each lane
+// loads them once for the three, not once per tap (a third of the loads of a 3x3 kernel).
 @compute @workgroup_size(32)
 fn conv2d_backward_input_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let ph = phase();
-    let m_total = p.batch * ph.n.x * ph.n.y;
     let f4s = p.out_c / 4u;
-    let r0 = (wg.x * 4u + li / 8u) * 32u;
-    var pos = phase_pixel(min(r0, m_total - 1u), ph);
+    let w_rows = taps_before(ph.i0, ph.taps.x) * p.out_c;
+    let taps = max(ph.taps.x * ph.taps.y, 1u);
+    // This subgroup's strip: image b, phase row qy, phase columns qx0 .. qx0 + 32.
+    let strips = (ph.n.y + 31u) / 32u;
+    let units = p.batch * ph.n.x * strips;
+    let stores = wg.x * 4u + li / 8u < units;
+    let unit = min(wg.x * 4u + li / 8u, units - 1u);
+    let b = unit / (ph.n.x * strips);
+    let qy = (unit / strips) % ph.n.x;
+    let qx0 = unit % strips * 32u;
     //#unroll I 32
-    let b{I} = pos.x;
-    let qy{I} = pos.y;
-    let qx{I} = pos.z;
-    pos = next_row(pos, r0 + {I}u, m_total, ph.n);
-    let oy{I} = i32(ph.e.x + qy{I});
-    let ox{I} = i32(ph.e.y + qx{I});
     var acc{I} = vec4<f32>(0.0);
     //#end
     for (var f0 = 0u; f0 < f4s; f0 += 8u) {
         let f4 = min(f0 + lane, f4s - 1u);
         let live = f0 + lane < f4s;
-        for (var t = 0u; t < ph.taps.x * ph.taps.y; t++) {
-            let ti = t / ph.taps.y;
-            let tj = t % ph.taps.y;
-            let tap = (ph.i0.x + p.stride * ti) * p.k_w + ph.i0.y + p.stride * tj;
-            let w = transpose(narrow_weights(tap, f4, p.out_c));
-            //#unroll I 32
-            let y{I} = oy{I} - i32(ti);
-            let x{I} = ox{I} - i32(tj);
-            let ok{I} = live && y{I} >= 0 && y{I} < i32(p.out_h) && x{I} >= 0 && x{I} < i32(p.out_w);
-            let v{I} = textureLoad(dytex, texel(select(0u, (b{I} * p.out_h + u32(y{I})) * p.out_w + u32(x{I}), ok{I}), f4, f4s), 0);
-            acc{I} += select(vec4<f32>(0.0), narrow_dots(v{I}, w, p.in_c), ok{I});
-            //#end
+        for (var ty = 0u; ty < ph.taps.x; ty++) {
+            let oy = i32(ph.e.x + qy) - i32(ty);
+            let row_ok = live && oy >= 0 && oy < i32(p.out_h);
+            let row = (b * p.out_h + u32(max(oy, 0))) * p.out_w;
+            for (var tx0 = 0u; tx0 < ph.taps.y; tx0 += 3u) {
+                // dy columns ox0 .. ox0 + 34 of row oy; pixel I meets column ox0 + I + 2 - d
+                // through tap column tx0 + d.
+                let ox0 = i32(ph.e.y + qx0) - i32(tx0) - 2;
+                //#unroll J 34
+                let x{J} = ox0 + {J};
+                let ok{J} = row_ok && x{J} >= 0 && x{J} < i32(p.out_w);
+                let v{J} = select(vec4<f32>(0.0), textureLoad(dytex, texel(select(0u, row + u32(x{J}), ok{J}), f4, f4s), 0), ok{J});
+                //#end
+                //#unroll D 3
+                // Tap (ty, tx0 + D) of the phase, zero past its last tap column.
+                let t{D} = min(ty * ph.taps.y + tx0 + {D}u, taps - 1u);
+                let w{D} = transpose(narrow_weights(w_rows + t{D} * p.out_c + 4u * f4)) * f32(tx0 + {D}u < ph.taps.y);
+                //#end
+                //#unroll I 32
+                acc{I} += narrow_dots(v{I+2}, w0, p.in_c) + narrow_dots(v{I+1}, w1, p.in_c) + narrow_dots(v{I}, w2, p.in_c);
+                //#end
+            }
         }
     }
     let bias = bias4(0u, p.in_c);
+    let iy = p.phase_y + p.stride * qy;
     //#unroll I 32
     let s{I} = subgroupAdd(acc{I});
-    if lane == {I}u % 8u { store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, 0u, finish(s{I}, bias)); }
+    if lane == {I}u % 8u { store_dx(b, iy, p.phase_x + p.stride * (qx0 + {I}u), stores && qx0 + {I}u < ph.n.y, 0u, finish(s{I}, bias)); }
     //#end
 }

@@ -102,6 +102,11 @@ fn conv_cases(transpose: bool) -> Vec<ConvGeom> {
             (2, 8, 8, 8, 4, 3, 1, Padding::Same),
             (1, 5, 5, 4, 4, 3, 2, Padding::Valid),
             (6, 6, 7, 16, 1, 3, 1, Padding::Same),
+            // One to four channels on the fine side (the subgroup family's narrow input
+            // gradient): rows wider than its strips of 32, kernels wider than 3 taps.
+            (2, 3, 37, 8, 1, 5, 1, Padding::Same),
+            (2, 6, 37, 1, 8, 5, 1, Padding::Valid),
+            (1, 4, 35, 2, 4, 5, 2, Padding::Same),
         ],
     ));
     for preset in [Preset::TfCvae, Preset::KerasVae] {

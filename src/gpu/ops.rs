@@ -387,14 +387,7 @@ impl Ops<'_> {
         if channels.is_multiple_of(4) {
             let (tex, view) = self.matrix_texture(rows, channels / 4)?;
             let un = ConvUniform { batch: u(rows), in_c: u(channels / 4), ..Default::default() };
-            let d = self.k.dispatch_grid(
-                self.gpu,
-                "pack_rows",
-                &un,
-                &[("rows4", buf)],
-                &[("wtex_out", &view)],
-                grid_1d(rows * channels / 4),
-            )?;
+            let d = self.k.dispatch_grid(self.gpu, "pack_rows", &un, &[("rows4", buf)], &[("wtex_out", &view)], grid_1d(rows))?;
             return Ok((d.keeping_texture(tex), view));
         }
         let n = rows * channels;
@@ -466,7 +459,11 @@ impl Ops<'_> {
         for (un, m) in phases(g, un0) {
             let buffers = [("params", w.params), ("dx4", dx)];
             let textures = [("wtex", &wview), ("dytex", &dyview)];
-            d = d.then(self.k.dispatch_grid(self.gpu, entry, &un, &buffers, &textures, subgroup_grid(narrow, cols4, m))?);
+            // The narrow kernel takes strips of 32 pixels of one row of the phase.
+            let (s, ry, rx) = (g.stride, un.phase_y as usize, un.phase_x as usize);
+            let strips = g.batch * (g.in_h - ry).div_ceil(s) * (g.in_w - rx).div_ceil(s).div_ceil(32);
+            let grid = if narrow { [u(strips.div_ceil(4)), 1, 1] } else { subgroup_grid(false, cols4, m) };
+            d = d.then(self.k.dispatch_grid(self.gpu, entry, &un, &buffers, &textures, grid)?);
         }
         Ok(d.named(entry))
     }
