@@ -29,6 +29,8 @@
 @group(0) @binding(10) var xtex: texture_2d<f32>;
 @group(0) @binding(11) var dytex: texture_2d<f32>;
 @group(0) @binding(12) var scalars_out: texture_storage_2d<r32float, write>;
+// A ReLU layer's output: where it is not positive, the gradient is zero.
+@group(0) @binding(13) var<storage, read> mask4: array<vec4<f32>>;
 
 // A matrix of vec4 rows sits in a texture folded into column blocks of FOLD rows (a
 // texture side is at most 8192); measured faster here than row-major for the big
@@ -143,6 +145,32 @@ fn pack_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     for (var c4 = 0u; c4 < p.in_c; c4++) {
         textureStore(wtex_out, texel(r, c4, p.in_c), rows4[r * p.in_c + c4]);
     }
+}
+
+// Bindings: p, rows4 (dy), mask4 (y), wtex_out, part4. Grid: one invocation per vec4
+// column and block of RELU_ROWS rows.
+// One invocation: rows 64 j .. 64 j + 64, vec4 column c4 of a ReLU layer's output
+// gradient dy (p.batch rows of p.in_c vec4s), zero where the layer's output y is not
+// positive, into a texture as pack_rows does (dy's buffer keeps its values, so the
+// layer's gradient kernels must read the texture), and their sum into row j of part4:
+// the bias gradient's partial sums, which bias_backward adds up. One pass over dy
+// where the mask, the packing and the bias gradient took three.
+const RELU_ROWS: u32 = 64u;
+@compute @workgroup_size(WG)
+fn relu_pack_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let idx = linear_id(wid, nwg, lid);
+    let blocks = (p.batch + RELU_ROWS - 1u) / RELU_ROWS;
+    if idx >= blocks * p.in_c { return; }
+    let j = idx / p.in_c;
+    let c4 = idx % p.in_c;
+    var sum = vec4<f32>(0.0);
+    for (var r = j * RELU_ROWS; r < min((j + 1u) * RELU_ROWS, p.batch); r++) {
+        let i = r * p.in_c + c4;
+        let d = select(vec4<f32>(0.0), rows4[i], mask4[i] > vec4<f32>(0.0));
+        textureStore(wtex_out, texel(r, c4, p.in_c), d);
+        sum += d;
+    }
+    part4[idx] = sum;
 }
 
 // Bindings: p, rows4, scalars_out. Grid: one invocation per 4 elements.

@@ -366,6 +366,52 @@ fn relu_backward_and_bias_backward() {
     }
 }
 
+/// The subgroup family's ReLU backward (relu_pack_rows): dy masked into the texture the
+/// layer's gradient kernels read, the bias gradient from partial sums over blocks of 64
+/// rows, dy's buffer left as it was. A Dense kernel gradient through the same `Packs`
+/// reads the texture. Bias: `rows` values summed; kernel gradient: `rows` products.
+#[test]
+fn relu_bias_backward_subgroup_masks_packs_and_sums() {
+    let c = ctx();
+    if !cvae::gpu::plan::offered(&c.gpu).contains(&Variant::Subgroup) {
+        eprintln!("NOTE: {} has no 8-lane subgroups; the subgroup family is not offered on it, and not tested", c.gpu.name());
+        return;
+    }
+    let gpu = &c.gpu;
+    for &(rows, channels) in &[(1, 4), (65, 8), (100 * 28 * 28, 32), (100, 1568), (3, 12544)] {
+        let inputs = 5;
+        let y: Vec<f32> = rand_vec(rows * channels, 210, 1.0).iter().map(|v| v.max(0.0)).collect();
+        let dy = rand_vec(rows * channels, 211, 1.0);
+        let x = rand_vec(rows * inputs, 212, 1.0);
+        let (yb, dyb, xb) = (gpu.upload("y", &y), gpu.upload("dy", &dy), gpu.upload("x", &x));
+        let p = pack(&vec![0.0; inputs * channels], &vec![0.0; channels]);
+        let gb = gpu.upload("grads", &vec![SENTINEL; p.buf.len()]);
+        let packs = cvae::gpu::ops::Packs::default();
+        let o = Ops { packs: Some(&packs), ..ops_with(Variant::Subgroup) };
+        let fused = o.relu_bias_backward_subgroup(rows, channels, &yb, &dyb, &gb, p.b_off).unwrap();
+        let gw = Weights { params: &gb, w_off: p.w_off, b_off: p.b_off };
+        run(vec![
+            fused.expect("channels in fours take the fused pass"),
+            o.dense_backward_kernel(rows, inputs, channels, &xb, &dyb, gw).unwrap(),
+        ]);
+        let masked = cpu::relu_backward(&dy, &y);
+        let what = format!("relu_pack_rows rows {rows} channels {channels}");
+        let grads = read(&gb, p.buf.len());
+        let (db_ref, db_mag) = (cpu::bias_backward(&masked, channels), cpu::bias_backward(&abs_vec(&masked), channels));
+        let eb = assert_within(&format!("{what}: bias"), &grads[p.b_off..p.b_off + channels], &db_ref, &dot_bound(rows, &db_mag));
+        let dk_ref = cpu::dense::dense_backward_kernel(&x, &masked, inputs, channels);
+        let dk_mag = cpu::dense::dense_backward_kernel(&abs_vec(&x), &abs_vec(&masked), inputs, channels);
+        let ek = assert_within(
+            &format!("{what}: kernel gradient"),
+            &grads[p.w_off..p.w_off + inputs * channels],
+            &dk_ref,
+            &dot_bound(rows, &dk_mag),
+        );
+        assert_eq!(read(&dyb, rows * channels), dy, "{what}: dy's buffer must keep its values");
+        eprintln!("PARITY {what}: bias max abs {:.2e} rel {:.2e}; kernel max abs {:.2e} rel {:.2e}", eb.0, eb.1, ek.0, ek.1);
+    }
+}
+
 fn step_buffer(step: StepUniform) -> wgpu::Buffer {
     ctx().gpu.uniform("step", &step)
 }

@@ -15,9 +15,9 @@
 use anyhow::{bail, Result};
 
 use super::kernels::Dispatch;
-use super::ops::{Ops, Packs, Weights};
+use super::ops::{Ops, Packs, Variant, Weights};
 use super::plan::{Op, Plan};
-use crate::model::{Activation, KlKind, Layer, LayerInfo, LossSpec, Model};
+use crate::model::{Activation, KlKind, Layer, LayerInfo, LossSpec, Model, Shape};
 
 /// Where a pass's noise comes from: a stream's key (`Rng::key`) and the step
 /// uniform whose `step` field is the counter; the noise of a row is indexed by the
@@ -192,15 +192,30 @@ impl<'a> Network<'a> {
         }
         let label = format!("{net}.{}", l.name);
         let (ok, oi) = (self.ops_for(&label, Op::BackwardKernel, packs), self.ops_for(&label, Op::BackwardInput, packs));
-        if l.activation() == Activation::Relu {
-            d.push(o.relu_backward(n * l.output.len(), y, dy)?);
-        }
         let (gw, w) = (self.weights(grads, l), self.weights(&self.params, l));
+        // Where both gradient kernels are the subgroup family's, they read dy through a
+        // texture: the mask and the bias gradient come with packing it, one pass.
+        let channels = match l.output {
+            Shape::Image { c, .. } => c,
+            Shape::Flat(n) => n,
+        };
+        let rows = n * l.output.len() / channels;
+        let subgroup = ok.variant == Variant::Subgroup && (dx.is_none() || oi.variant == Variant::Subgroup);
+        let relu = l.activation() == Activation::Relu;
+        let fused = if relu && subgroup { ok.relu_bias_backward_subgroup(rows, channels, y, dy, grads, gw.b_off)? } else { None };
+        let bias_done = fused.is_some();
+        match fused {
+            Some(f) => d.push(f),
+            None if relu => d.push(o.relu_backward(n * l.output.len(), y, dy)?),
+            None => {}
+        }
         match l.layer {
             Layer::Conv2D { .. } => {
                 let g = l.conv_geom(n).expect("conv");
                 d.push(ok.conv2d_backward_kernel(&g, x, dy, gw)?);
-                d.push(o.bias_backward(n * g.out_h * g.out_w, g.out_c, dy, grads, gw.b_off)?);
+                if !bias_done {
+                    d.push(o.bias_backward(n * g.out_h * g.out_w, g.out_c, dy, grads, gw.b_off)?);
+                }
                 if let Some(dx) = dx {
                     d.push(oi.conv2d_backward_input(&g, dy, w, dx)?);
                 }
@@ -208,7 +223,9 @@ impl<'a> Network<'a> {
             Layer::Conv2DTranspose { .. } => {
                 let g = l.conv_geom(n).expect("conv");
                 d.push(ok.conv2d_transpose_backward_kernel(&g, x, dy, gw)?);
-                d.push(o.bias_backward(n * g.out_h * g.out_w, g.out_c, dy, grads, gw.b_off)?);
+                if !bias_done {
+                    d.push(o.bias_backward(n * g.out_h * g.out_w, g.out_c, dy, grads, gw.b_off)?);
+                }
                 if let Some(dx) = dx {
                     d.push(oi.conv2d_transpose_backward_input(&g, dy, w, dx)?);
                 }
@@ -216,7 +233,9 @@ impl<'a> Network<'a> {
             Layer::Dense { units, .. } => {
                 let inputs = l.input.len();
                 d.push(ok.dense_backward_kernel(n, inputs, units, x, dy, gw)?);
-                d.push(o.bias_backward(n, units, dy, grads, gw.b_off)?);
+                if !bias_done {
+                    d.push(o.bias_backward(n, units, dy, grads, gw.b_off)?);
+                }
                 if let Some(dx) = dx {
                     d.push(oi.dense_backward_input(n, inputs, units, dy, w, dx)?);
                 }

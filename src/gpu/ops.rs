@@ -383,6 +383,46 @@ impl Ops<'_> {
         Ok((Some(d), view))
     }
 
+    /// The backward pass of a ReLU layer's bias in the subgroup family: dy (`rows` x
+    /// `channels`, channels in fours) masked where the layer output `y` is not positive
+    /// and packed into the texture the layer's gradient kernels read (relu_pack_rows,
+    /// which leaves dy's buffer unmasked), with partial sums of its columns over blocks
+    /// of rows that bias_backward adds into `grads` at `b_off`. Needs a `Packs`, whose textures
+    /// those kernels read; both must run in the subgroup family. None where this does
+    /// not apply (the caller masks dy in place instead).
+    pub fn relu_bias_backward_subgroup(
+        &self,
+        rows: usize,
+        channels: usize,
+        y: &wgpu::Buffer,
+        dy: &wgpu::Buffer,
+        grads: &wgpu::Buffer,
+        b_off: usize,
+    ) -> Result<Option<Dispatch>> {
+        let Some(packs) = self.packs else { return Ok(None) };
+        if !channels.is_multiple_of(4) {
+            return Ok(None);
+        }
+        let (tex, view) = self.matrix_texture(rows, channels / 4)?;
+        const RELU_ROWS: usize = 64; // subgroup.wgsl
+        let blocks = rows.div_ceil(RELU_ROWS);
+        let part = self.gpu.zeros("bias partial sums", blocks * channels);
+        let un = ConvUniform { batch: u(rows), in_c: u(channels / 4), ..Default::default() };
+        let pack = self.k.dispatch_grid(
+            self.gpu,
+            "relu_pack_rows",
+            &un,
+            &[("rows4", dy), ("mask4", y), ("part4", &part)],
+            &[("wtex_out", &view)],
+            grid_1d(blocks * channels / 4),
+        )?;
+        let bias = self.bias_backward(blocks, channels, &part, grads, b_off)?;
+        let mut list = packs.0.borrow_mut();
+        list.retain(|p| p.buf != *dy);
+        list.push(Packed { buf: dy.clone(), rows, channels, view });
+        Ok(Some(pack.keeping_texture(tex).then(bias).keeping(part)))
+    }
+
     fn pack_rows_now(&self, buf: &wgpu::Buffer, rows: usize, channels: usize) -> Result<(Dispatch, wgpu::TextureView)> {
         if channels.is_multiple_of(4) {
             let (tex, view) = self.matrix_texture(rows, channels / 4)?;
