@@ -313,6 +313,59 @@ fn conv2d_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
     //#end
 }
 
+// Bindings and rows as conv2d_forward_subgroup, for at least 64 output channels. Grid:
+// (ceil(F / 64), ceil(B * OH * OW / 128)); lane l of workgroup column gx owns channels
+// 4 (16 gx + l) .. +4 and 4 (16 gx + 8 + l) .. +4.
+// One invocation: y = act(bias + im2col(x) kernel) for its 32 pixels x 8 channels. Each
+// broadcast value of x feeds two multiply-adds instead of one: on lavapipe a broadcast
+// costs about as much as a multiply-add, and the register block, twice as large,
+// spills to the stack, which costs less.
+@compute @workgroup_size(32)
+fn conv2d_forward_subgroup_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let f4s = (p.out_c + 3u) / 4u;
+    let m_total = p.batch * p.out_h * p.out_w;
+    let k_total = p.k_h * p.k_w * p.in_c;
+    let kq_total = (k_total + 3u) / 4u;
+    let col0 = wg.x * 16u + li % 8u;
+    let col1 = col0 + 8u;
+    let f40 = min(col0, f4s - 1u);
+    let f41 = min(col1, f4s - 1u);
+    let r0 = (wg.y * 4u + li / 8u) * 32u;
+    var pos = coarse_pos(min(r0, m_total - 1u));
+    //#unroll I 32
+    let w{I} = window(pos);
+    pos = next_row(pos, r0 + {I}u, m_total, vec2<u32>(p.out_h, p.out_w));
+    var acc{I} = vec4<f32>(0.0);
+    var acd{I} = vec4<f32>(0.0);
+    //#end
+    for (var k0 = 0u; k0 < kq_total; k0 += 8u) {
+        let rows = kernel_rows(k0 + lane);
+        //#unroll I 32
+        let a{I} = gather_x(w{I}, true, rows);
+        //#end
+        //#unroll J 8
+        //#unroll C 4
+        let k{J}{C} = min(4u * (k0 + {J}u) + {C}u, k_total - 1u);
+        let b{J}{C} = textureLoad(wtex, texel(k{J}{C}, f40, f4s), 0);
+        let e{J}{C} = textureLoad(wtex, texel(k{J}{C}, f41, f4s), 0);
+        //#unroll I 32
+        {
+            let s = vec4<f32>(subgroupBroadcast(a{I}[{C}], {J}u));
+            acc{I} = fma(s, b{J}{C}, acc{I});
+            acd{I} = fma(s, e{J}{C}, acd{I});
+        }
+        //#end
+        //#end
+        //#end
+    }
+    let bias0 = bias4(f40, p.out_c);
+    let bias1 = bias4(f41, p.out_c);
+    //#unroll I 32
+    store_y(r0 + {I}u, m_total, col0, p.out_c, finish(acc{I}, bias0));
+    store_y(r0 + {I}u, m_total, col1, p.out_c, finish(acd{I}, bias1));
+    //#end
+}
+
 // Row m' of the input gradient's A operand at reduction index 4 kq .. 4 kq + 4: dy at
 // the coarse pixel (oy0 - ti, ox0 - tj) that this phase's tap (ti, tj) reaches from
 // m', channels 4 f4 .. +4 (F % 4 == 0), or four scalars (t, f) otherwise.
@@ -425,6 +478,66 @@ fn conv2d_backward_input_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin
     //#end
 }
 
+// Bindings, grid rows and phases as conv2d_backward_input_subgroup, for at least 64
+// input channels: lane l of workgroup column gx owns channels 4 (16 gx + l) .. +4 and
+// 4 (16 gx + 8 + l) .. +4. Each broadcast value of dy feeds two multiply-adds (see
+// conv2d_forward_subgroup_wide).
+@compute @workgroup_size(32)
+fn conv2d_backward_input_subgroup_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let ph = phase();
+    let c4s = (p.in_c + 3u) / 4u;
+    let m_total = p.batch * ph.n.x * ph.n.y;
+    let k_total = ph.taps.x * ph.taps.y * p.out_c;
+    let kq_total = (k_total + 3u) / 4u;
+    let w_rows = taps_before(ph.i0, ph.taps.x) * p.out_c;
+    let col0 = wg.x * 16u + li % 8u;
+    let col1 = col0 + 8u;
+    let c40 = min(col0, c4s - 1u);
+    let c41 = min(col1, c4s - 1u);
+    let r0 = (wg.y * 4u + li / 8u) * 32u;
+    var pos = phase_pixel(min(r0, m_total - 1u), ph);
+    //#unroll I 32
+    let b{I} = pos.x;
+    let qy{I} = pos.y;
+    let qx{I} = pos.z;
+    pos = next_row(pos, r0 + {I}u, m_total, ph.n);
+    let bo{I} = b{I} * p.out_h;
+    let oy{I} = i32(ph.e.x + qy{I});
+    let ox{I} = i32(ph.e.y + qx{I});
+    var acc{I} = vec4<f32>(0.0);
+    var acd{I} = vec4<f32>(0.0);
+    //#end
+    for (var k0 = 0u; k0 < kq_total; k0 += 8u) {
+        let kq = k0 + lane;
+        let f4s = max(p.out_c / 4u, 1u);
+        let t = kq / f4s;
+        let lane_tap = vec3<u32>(t / max(ph.taps.y, 1u), t % max(ph.taps.y, 1u), kq % f4s);
+        //#unroll I 32
+        let a{I} = gather_dy(bo{I}, oy{I}, ox{I}, kq, lane_tap, ph.taps);
+        //#end
+        //#unroll J 8
+        //#unroll C 4
+        let k{J}{C} = w_rows + min(4u * (k0 + {J}u) + {C}u, k_total - 1u);
+        let b{J}{C} = textureLoad(wtex, texel(k{J}{C}, c40, c4s), 0);
+        let e{J}{C} = textureLoad(wtex, texel(k{J}{C}, c41, c4s), 0);
+        //#unroll I 32
+        {
+            let s = vec4<f32>(subgroupBroadcast(a{I}[{C}], {J}u));
+            acc{I} = fma(s, b{J}{C}, acc{I});
+            acd{I} = fma(s, e{J}{C}, acd{I});
+        }
+        //#end
+        //#end
+        //#end
+    }
+    let bias0 = bias4(c40, p.in_c);
+    let bias1 = bias4(c41, p.in_c);
+    //#unroll I 32
+    store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, col0, finish(acc{I}, bias0));
+    store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, col1, finish(acd{I}, bias1));
+    //#end
+}
+
 // The pixel 8 further on than `pos`, by steps of one (no division: a uniform loop of
 // compares and selects, far cheaper on a SIMD CPU than a vector integer division).
 fn advance8(pos: vec3<u32>) -> vec3<u32> {
@@ -522,6 +635,69 @@ fn conv2d_backward_kernel_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builti
         //#unroll G 8
         //#unroll C 4
         store_part(slice, r0 + 4u * {G}u + {C}u, col, acc{G}{C});
+        //#end
+        //#end
+    }
+}
+
+// Bindings, slices and rows as conv2d_backward_kernel_subgroup, for at least 64 output
+// channels: blocks of 32 kernel rows x 64 channels, lane l owning channels
+// 4 (16 c + l) .. +4 and 4 (16 c + 8 + l) .. +4 of column block c. Each broadcast value
+// of x feeds twice the multiply-adds (see conv2d_forward_subgroup_wide).
+@compute @workgroup_size(32)
+fn conv2d_backward_kernel_subgroup_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let k_total = p.k_h * p.k_w * p.in_c;
+    let f4s = (p.out_c + 3u) / 4u;
+    let row_blocks = (k_total + 31u) / 32u;
+    let blocks = row_blocks * ((f4s + 15u) / 16u);
+    let units = blocks * p.slices;
+    let unit = min(wg.x * 4u + li / 8u, units - 1u);
+    let stores = wg.x * 4u + li / 8u < units;
+    let block = unit % blocks;
+    let slice = unit / blocks;
+    let col0 = block / row_blocks * 16u + li % 8u;
+    let col1 = col0 + 8u;
+    let f40 = min(col0, f4s - 1u);
+    let f41 = min(col1, f4s - 1u);
+    let r0 = block % row_blocks * 32u;
+    let plane = p.out_h * p.out_w;
+    let m_begin = slice * p.slice_images * plane;
+    let m_end = min((slice + 1u) * p.slice_images, p.batch) * plane;
+    //#unroll G 8
+    let rows{G} = kernel_rows(r0 / 4u + {G}u);
+    //#unroll C 4
+    var acc{G}{C} = vec4<f32>(0.0);
+    var acd{G}{C} = vec4<f32>(0.0);
+    //#end
+    //#end
+    var pos = coarse_pos(m_begin + lane);
+    for (var m0 = m_begin; m0 < m_end; m0 += 8u) {
+        let m = m0 + lane;
+        let w = window(pos);
+        pos = advance8(pos);
+        //#unroll G 8
+        var a{G} = vec4<f32>(0.0);
+        if 4u * {G}u < k_total { a{G} = gather_x(w, m < m_end, rows{G}); }
+        //#end
+        //#unroll J 8
+        let d{J} = dy_row(m0 + {J}u, m_end, f40);
+        let e{J} = dy_row(m0 + {J}u, m_end, f41);
+        //#unroll G 8
+        if 4u * {G}u < k_total {
+            let s{J}{G} = subgroupBroadcast(a{G}, {J}u);
+            //#unroll C 4
+            acc{G}{C} = fma(vec4<f32>(s{J}{G}[{C}]), d{J}, acc{G}{C});
+            acd{G}{C} = fma(vec4<f32>(s{J}{G}[{C}]), e{J}, acd{G}{C});
+            //#end
+        }
+        //#end
+        //#end
+    }
+    if stores {
+        //#unroll G 8
+        //#unroll C 4
+        store_part(slice, r0 + 4u * {G}u + {C}u, col0, acc{G}{C});
+        store_part(slice, r0 + 4u * {G}u + {C}u, col1, acd{G}{C});
         //#end
         //#end
     }

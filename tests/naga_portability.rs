@@ -90,7 +90,7 @@ fn workgroup_sizes_come_from_one_place() {
         let (module, _) = naga_module(name).unwrap_or_else(|e| panic!("{e:#}"));
         for ep in &module.entry_points {
             let want = match (name, ep.name.as_str()) {
-                ("subgroup", e) if e.ends_with("_subgroup") || e.ends_with("_narrow") => [32, 1, 1],
+                ("subgroup", e) if e.ends_with("_subgroup") || e.ends_with("_wide") || e.ends_with("_narrow") => [32, 1, 1],
                 ("tiled", _) => [16, 16, 1],
                 _ => [cvae::gpu::kernels::WORKGROUP, 1, 1],
             };

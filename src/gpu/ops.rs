@@ -42,6 +42,12 @@ fn phases(g: &ConvGeom, un0: ConvUniform) -> Vec<(ConvUniform, usize)> {
     .collect()
 }
 
+/// From this many output channels on, the subgroup kernels' `_wide` forms (each lane
+/// 8 channels, 16 vec4 columns a subgroup) fill their lanes; measured on lavapipe
+/// against the 4-channel forms on the tf-cvae layers of 64 channels: 20-25% less
+/// time for the forward and input gradient, 13-16% for the kernel gradient.
+const WIDE_CHANNELS: usize = 64;
+
 /// The grid of a subgroup kernel over `m` pixels: 128 pixels per workgroup, and
 /// 8 column blocks of 4 per workgroup unless narrow (one block of at most 4 columns).
 fn subgroup_grid(narrow: bool, cols4: usize, m: usize) -> [u32; 3] {
@@ -466,12 +472,22 @@ impl Ops<'_> {
         y: &wgpu::Buffer,
     ) -> Result<Dispatch> {
         let narrow = g.out_c <= 4 && g.in_c.is_multiple_of(4);
-        let (entry, cols4) = if narrow { ("conv2d_forward_narrow", 1) } else { ("conv2d_forward_subgroup", g.out_c.div_ceil(4)) };
+        let wide = !narrow && g.out_c >= WIDE_CHANNELS;
+        let (entry, cols4) = if narrow {
+            ("conv2d_forward_narrow", 1)
+        } else if wide {
+            ("conv2d_forward_subgroup_wide", g.out_c.div_ceil(4))
+        } else {
+            ("conv2d_forward_subgroup", g.out_c.div_ceil(4))
+        };
         let un = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
         let (packw, wview) = self.packed_weights("pack_weights", &un, w, g.k_h * g.k_w * g.in_c, cols4)?;
         let (pack, xview) = self.pack_rows(x, g.in_len() / g.in_c, g.in_c)?;
         let buffers = [("params", w.params), ("y4", y)];
-        let grid = subgroup_grid(narrow, cols4, g.batch * g.out_h * g.out_w);
+        let mut grid = subgroup_grid(narrow, cols4, g.batch * g.out_h * g.out_w);
+        if wide {
+            grid[0] = u(cols4.div_ceil(16));
+        }
         let main = self.k.dispatch_grid(self.gpu, entry, &un, &buffers, &[("wtex", &wview), ("xtex", &xview)], grid)?;
         Ok(pack.into_iter().fold(main, Dispatch::after).after(packw))
     }
@@ -490,8 +506,12 @@ impl Ops<'_> {
         dx: &wgpu::Buffer,
     ) -> Result<Dispatch> {
         let narrow = g.in_c <= 4 && g.out_c.is_multiple_of(4);
-        let (entry, cols4) =
-            if narrow { ("conv2d_backward_input_narrow", 1) } else { ("conv2d_backward_input_subgroup", g.in_c.div_ceil(4)) };
+        let wide = !narrow && g.in_c >= WIDE_CHANNELS;
+        let (entry, cols4) = match (narrow, wide) {
+            (true, _) => ("conv2d_backward_input_narrow", 1),
+            (false, true) => ("conv2d_backward_input_subgroup_wide", g.in_c.div_ceil(4)),
+            (false, false) => ("conv2d_backward_input_subgroup", g.in_c.div_ceil(4)),
+        };
         let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
         let (packw, wview) = self.packed_weights("pack_weights_transposed", &un0, w, g.k_h * g.k_w * g.out_c, cols4)?;
         let (pack, dyview) = self.pack_rows(dy, g.out_len() / g.out_c, g.out_c)?;
@@ -502,7 +522,11 @@ impl Ops<'_> {
             // The narrow kernel takes strips of 32 pixels of one row of the phase.
             let (s, ry, rx) = (g.stride, un.phase_y as usize, un.phase_x as usize);
             let strips = g.batch * (g.in_h - ry).div_ceil(s) * (g.in_w - rx).div_ceil(s).div_ceil(32);
-            let grid = if narrow { [u(strips.div_ceil(4)), 1, 1] } else { subgroup_grid(false, cols4, m) };
+            let grid = match (narrow, wide) {
+                (true, _) => [u(strips.div_ceil(4)), 1, 1],
+                (false, true) => [u(cols4.div_ceil(16)), u(m.div_ceil(128)), 1],
+                (false, false) => subgroup_grid(false, cols4, m),
+            };
             d = d.then(self.k.dispatch_grid(self.gpu, entry, &un, &buffers, &textures, grid)?);
         }
         Ok(d.named(entry))
@@ -512,7 +536,8 @@ impl Ops<'_> {
     /// the batch, enough of them to give every core work, then their reduction in order.
     fn backward_kernel_subgroup(&self, g: &ConvGeom, x: &wgpu::Buffer, dy: &wgpu::Buffer, grads: Weights<'_>) -> Result<Dispatch> {
         let (rows, cols4) = (g.k_h * g.k_w * g.in_c, g.out_c.div_ceil(4));
-        let blocks = cols4.div_ceil(8) * rows.div_ceil(32);
+        let wide = g.out_c >= WIDE_CHANNELS;
+        let blocks = cols4.div_ceil(if wide { 16 } else { 8 }) * rows.div_ceil(32);
         // At least 128 subgroups (one per block and slice); each invocation loops over a
         // slice's pixels 8 at a time.
         let plane = g.out_h * g.out_w;
@@ -530,7 +555,8 @@ impl Ops<'_> {
         }
         let buffers = [("part4", &part)];
         let textures = [("xtex", &views[0]), ("dytex", &views[1])];
-        let main = self.k.dispatch_grid(self.gpu, "conv2d_backward_kernel_subgroup", &un, &buffers, &textures, [u(groups), 1, 1])?;
+        let entry = if wide { "conv2d_backward_kernel_subgroup_wide" } else { "conv2d_backward_kernel_subgroup" };
+        let main = self.k.dispatch_grid(self.gpu, entry, &un, &buffers, &textures, [u(groups), 1, 1])?;
         let main = first.into_iter().rev().fold(main, |d, f| d.after(f));
         let reduce_buffers = [("grads", grads.params), ("partial_sums", &part)];
         let reduce = self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", &un, &reduce_buffers, g.kernel_len())?;
