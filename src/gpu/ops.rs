@@ -45,7 +45,9 @@ fn phases(g: &ConvGeom, un0: ConvUniform) -> Vec<(ConvUniform, usize)> {
 /// From this many output channels on, the subgroup kernels' `_wide` forms (each lane
 /// 8 channels, 16 vec4 columns a subgroup) fill their lanes; measured on lavapipe
 /// against the 4-channel forms on the tf-cvae layers of 64 channels: 20-25% less
-/// time for the forward and input gradient, 13-16% for the kernel gradient.
+/// time for the forward and input gradient, 13-16% for the kernel gradient. Only where
+/// the activations they read come in vec4 texels: llvmpipe compiles a kernel once per
+/// texture format it meets, and a _wide kernel takes about 4 s to compile.
 const WIDE_CHANNELS: usize = 64;
 
 /// The grid of a subgroup kernel over `m` pixels: 128 pixels per workgroup, and
@@ -472,7 +474,7 @@ impl Ops<'_> {
         y: &wgpu::Buffer,
     ) -> Result<Dispatch> {
         let narrow = g.out_c <= 4 && g.in_c.is_multiple_of(4);
-        let wide = !narrow && g.out_c >= WIDE_CHANNELS;
+        let wide = !narrow && g.out_c >= WIDE_CHANNELS && g.in_c.is_multiple_of(4);
         let (entry, cols4) = if narrow {
             ("conv2d_forward_narrow", 1)
         } else if wide {
@@ -506,7 +508,7 @@ impl Ops<'_> {
         dx: &wgpu::Buffer,
     ) -> Result<Dispatch> {
         let narrow = g.in_c <= 4 && g.out_c.is_multiple_of(4);
-        let wide = !narrow && g.in_c >= WIDE_CHANNELS;
+        let wide = !narrow && g.in_c >= WIDE_CHANNELS && g.out_c.is_multiple_of(4);
         let (entry, cols4) = match (narrow, wide) {
             (true, _) => ("conv2d_backward_input_narrow", 1),
             (false, true) => ("conv2d_backward_input_subgroup_wide", g.in_c.div_ceil(4)),
@@ -536,7 +538,7 @@ impl Ops<'_> {
     /// the batch, enough of them to give every core work, then their reduction in order.
     fn backward_kernel_subgroup(&self, g: &ConvGeom, x: &wgpu::Buffer, dy: &wgpu::Buffer, grads: Weights<'_>) -> Result<Dispatch> {
         let (rows, cols4) = (g.k_h * g.k_w * g.in_c, g.out_c.div_ceil(4));
-        let wide = g.out_c >= WIDE_CHANNELS;
+        let wide = g.out_c >= WIDE_CHANNELS && g.in_c.is_multiple_of(4) && g.out_c.is_multiple_of(4);
         let blocks = cols4.div_ceil(if wide { 16 } else { 8 }) * rows.div_ceil(32);
         // At least 128 subgroups (one per block and slice); each invocation loops over a
         // slice's pixels 8 at a time.
