@@ -272,24 +272,33 @@ fn store_y(m: u32, m_total: u32, c4: u32, n: u32, v: vec4<f32>) {
     }
 }
 
-// Bindings: p, x4, wtex, params, y4. Grid: (ceil(F / 32), ceil(B * OH * OW / 128))
+// Bindings: p, xtex, wtex, params, y4. Grid: (ceil(F / (32 W)), ceil(B * OH * OW / 128))
 // workgroups of 4 subgroups; subgroup s of workgroup (gx, gy) owns output pixels
-// 32 (4 gy + s) .. +32, its lane l channels 4 (8 gx + l) .. +4.
-// One invocation: y = act(bias + im2col(x) kernel) for its 32 pixels x 4 channels.
+// 32 (4 gy + s) .. +32, its lane l channels 4 (8 (W gx + v) + l) .. +4 for v < W.
+// One invocation: y = act(bias + im2col(x) kernel) for its 32 pixels x 4 W channels.
+// Two forms: W = 1, and W = 2 (_wide, for 64 channels and more), where each broadcast
+// value of x feeds two multiply-adds instead of one: on lavapipe a broadcast costs
+// about as much as a multiply-add, and the register block, twice as large, spills to
+// the stack, which costs less (but the kernel takes about 4 s to compile, not 1.5).
+//#forms W:WIDE 1: 2:_wide
 @compute @workgroup_size(32)
-fn conv2d_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
+fn conv2d_forward_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let f4s = (p.out_c + 3u) / 4u;
     let m_total = p.batch * p.out_h * p.out_w;
     let k_total = p.k_h * p.k_w * p.in_c;
     let kq_total = (k_total + 3u) / 4u;
-    let col = wg.x * 8u + li % 8u;
-    let f4 = min(col, f4s - 1u);
+    //#unroll V {W}
+    let col{V} = (wg.x * {W}u + {V}u) * 8u + li % 8u;
+    let f4_{V} = min(col{V}, f4s - 1u);
+    //#end
     let r0 = (wg.y * 4u + li / 8u) * 32u;
     var pos = coarse_pos(min(r0, m_total - 1u));
     //#unroll I 32
     let w{I} = window(pos);
     pos = next_row(pos, r0 + {I}u, m_total, vec2<u32>(p.out_h, p.out_w));
-    var acc{I} = vec4<f32>(0.0);
+    //#unroll V {W}
+    var acc{I}_{V} = vec4<f32>(0.0);
+    //#end
     //#end
     for (var k0 = 0u; k0 < kq_total; k0 += 8u) {
         // This lane's vec4 of the reduction: its taps and channels, worked out once
@@ -300,71 +309,31 @@ fn conv2d_forward_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
         //#end
         //#unroll J 8
         //#unroll C 4
-        let b{J}{C} = textureLoad(wtex, texel(min(4u * (k0 + {J}u) + {C}u, k_total - 1u), f4, f4s), 0);
-        //#unroll I 32
-        acc{I} = fma(vec4<f32>(subgroupBroadcast(a{I}[{C}], {J}u)), b{J}{C}, acc{I});
-        //#end
-        //#end
-        //#end
-    }
-    let bias = bias4(f4, p.out_c);
-    //#unroll I 32
-    store_y(r0 + {I}u, m_total, col, p.out_c, finish(acc{I}, bias));
-    //#end
-}
-
-// Bindings and rows as conv2d_forward_subgroup, for at least 64 output channels. Grid:
-// (ceil(F / 64), ceil(B * OH * OW / 128)); lane l of workgroup column gx owns channels
-// 4 (16 gx + l) .. +4 and 4 (16 gx + 8 + l) .. +4.
-// One invocation: y = act(bias + im2col(x) kernel) for its 32 pixels x 8 channels. Each
-// broadcast value of x feeds two multiply-adds instead of one: on lavapipe a broadcast
-// costs about as much as a multiply-add, and the register block, twice as large,
-// spills to the stack, which costs less.
-@compute @workgroup_size(32)
-fn conv2d_forward_subgroup_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
-    let f4s = (p.out_c + 3u) / 4u;
-    let m_total = p.batch * p.out_h * p.out_w;
-    let k_total = p.k_h * p.k_w * p.in_c;
-    let kq_total = (k_total + 3u) / 4u;
-    let col0 = wg.x * 16u + li % 8u;
-    let col1 = col0 + 8u;
-    let f40 = min(col0, f4s - 1u);
-    let f41 = min(col1, f4s - 1u);
-    let r0 = (wg.y * 4u + li / 8u) * 32u;
-    var pos = coarse_pos(min(r0, m_total - 1u));
-    //#unroll I 32
-    let w{I} = window(pos);
-    pos = next_row(pos, r0 + {I}u, m_total, vec2<u32>(p.out_h, p.out_w));
-    var acc{I} = vec4<f32>(0.0);
-    var acd{I} = vec4<f32>(0.0);
-    //#end
-    for (var k0 = 0u; k0 < kq_total; k0 += 8u) {
-        let rows = kernel_rows(k0 + lane);
-        //#unroll I 32
-        let a{I} = gather_x(w{I}, true, rows);
-        //#end
-        //#unroll J 8
-        //#unroll C 4
         let k{J}{C} = min(4u * (k0 + {J}u) + {C}u, k_total - 1u);
-        let b{J}{C} = textureLoad(wtex, texel(k{J}{C}, f40, f4s), 0);
-        let e{J}{C} = textureLoad(wtex, texel(k{J}{C}, f41, f4s), 0);
+        //#unroll V {W}
+        let b{J}{C}_{V} = textureLoad(wtex, texel(k{J}{C}, f4_{V}, f4s), 0);
+        //#end
         //#unroll I 32
         {
             let s = vec4<f32>(subgroupBroadcast(a{I}[{C}], {J}u));
-            acc{I} = fma(s, b{J}{C}, acc{I});
-            acd{I} = fma(s, e{J}{C}, acd{I});
+            //#unroll V {W}
+            acc{I}_{V} = fma(s, b{J}{C}_{V}, acc{I}_{V});
+            //#end
         }
         //#end
         //#end
         //#end
     }
-    let bias0 = bias4(f40, p.out_c);
-    let bias1 = bias4(f41, p.out_c);
+    //#unroll V {W}
+    let bias{V} = bias4(f4_{V}, p.out_c);
+    //#end
     //#unroll I 32
-    store_y(r0 + {I}u, m_total, col0, p.out_c, finish(acc{I}, bias0));
-    store_y(r0 + {I}u, m_total, col1, p.out_c, finish(acd{I}, bias1));
+    //#unroll V {W}
+    store_y(r0 + {I}u, m_total, col{V}, p.out_c, finish(acc{I}_{V}, bias{V}));
+    //#end
     //#end
 }
+//#end
 
 // Row m' of the input gradient's A operand at reduction index 4 kq .. 4 kq + 4: dy at
 // the coarse pixel (oy0 - ti, ox0 - tj) that this phase's tap (ti, tj) reaches from
@@ -426,14 +395,16 @@ fn phase_pixel(m: u32, ph: Phase) -> vec3<u32> {
     return vec3<u32>(m / (ph.n.x * ph.n.y), (m / ph.n.y) % ph.n.x, m % ph.n.y);
 }
 
-// Bindings: p, dy4, wtex (packed by pack_weights_transposed), params, dx4. Grid:
-// (ceil(C / 32), ceil(B * rows * cols of the phase / 128)) workgroups; one dispatch per
-// phase (p.phase_y, p.phase_x) of the stride, so every row of an invocation meets the
-// same taps. Rows and lanes as conv2d_forward_subgroup.
+// Bindings: p, dytex, wtex (packed by pack_weights_transposed), params, dx4. Grid:
+// (ceil(C / (32 W)), ceil(B * rows * cols of the phase / 128)) workgroups; one dispatch
+// per phase (p.phase_y, p.phase_x) of the stride, so every row of an invocation meets
+// the same taps. Rows, lanes and the two forms (W = 1, 2: _wide) as
+// conv2d_forward_subgroup.
 // One invocation: dx = act(bias + sum over the phase's taps and f of dy * kernel) for
-// its 32 fine-side pixels x 4 channels (bias and ReLU serve Conv2DTranspose's forward).
+// its 32 fine-side pixels x 4 W channels (bias and ReLU serve Conv2DTranspose's forward).
+//#forms W:WIDE 1: 2:_wide
 @compute @workgroup_size(32)
-fn conv2d_backward_input_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
+fn conv2d_backward_input_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let ph = phase();
     let c4s = (p.in_c + 3u) / 4u;
     let m_total = p.batch * ph.n.x * ph.n.y;
@@ -441,8 +412,10 @@ fn conv2d_backward_input_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin
     let kq_total = (k_total + 3u) / 4u;
     // The phase's rows of the transposed kernel: reduction index k is row w_rows + k.
     let w_rows = taps_before(ph.i0, ph.taps.x) * p.out_c;
-    let col = wg.x * 8u + li % 8u;
-    let c4 = min(col, c4s - 1u);
+    //#unroll V {W}
+    let col{V} = (wg.x * {W}u + {V}u) * 8u + li % 8u;
+    let c4_{V} = min(col{V}, c4s - 1u);
+    //#end
     let r0 = (wg.y * 4u + li / 8u) * 32u;
     var pos = phase_pixel(min(r0, m_total - 1u), ph);
     //#unroll I 32
@@ -453,59 +426,9 @@ fn conv2d_backward_input_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin
     let bo{I} = b{I} * p.out_h;
     let oy{I} = i32(ph.e.x + qy{I});
     let ox{I} = i32(ph.e.y + qx{I});
-    var acc{I} = vec4<f32>(0.0);
+    //#unroll V {W}
+    var acc{I}_{V} = vec4<f32>(0.0);
     //#end
-    for (var k0 = 0u; k0 < kq_total; k0 += 8u) {
-        let kq = k0 + lane;
-        let f4s = max(p.out_c / 4u, 1u);
-        let t = kq / f4s;
-        let lane_tap = vec3<u32>(t / max(ph.taps.y, 1u), t % max(ph.taps.y, 1u), kq % f4s);
-        //#unroll I 32
-        let a{I} = gather_dy(bo{I}, oy{I}, ox{I}, kq, lane_tap, ph.taps);
-        //#end
-        //#unroll J 8
-        //#unroll C 4
-        let b{J}{C} = textureLoad(wtex, texel(w_rows + min(4u * (k0 + {J}u) + {C}u, k_total - 1u), c4, c4s), 0);
-        //#unroll I 32
-        acc{I} = fma(vec4<f32>(subgroupBroadcast(a{I}[{C}], {J}u)), b{J}{C}, acc{I});
-        //#end
-        //#end
-        //#end
-    }
-    let bias = bias4(c4, p.in_c);
-    //#unroll I 32
-    store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, col, finish(acc{I}, bias));
-    //#end
-}
-
-// Bindings, grid rows and phases as conv2d_backward_input_subgroup, for at least 64
-// input channels: lane l of workgroup column gx owns channels 4 (16 gx + l) .. +4 and
-// 4 (16 gx + 8 + l) .. +4. Each broadcast value of dy feeds two multiply-adds (see
-// conv2d_forward_subgroup_wide).
-@compute @workgroup_size(32)
-fn conv2d_backward_input_subgroup_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
-    let ph = phase();
-    let c4s = (p.in_c + 3u) / 4u;
-    let m_total = p.batch * ph.n.x * ph.n.y;
-    let k_total = ph.taps.x * ph.taps.y * p.out_c;
-    let kq_total = (k_total + 3u) / 4u;
-    let w_rows = taps_before(ph.i0, ph.taps.x) * p.out_c;
-    let col0 = wg.x * 16u + li % 8u;
-    let col1 = col0 + 8u;
-    let c40 = min(col0, c4s - 1u);
-    let c41 = min(col1, c4s - 1u);
-    let r0 = (wg.y * 4u + li / 8u) * 32u;
-    var pos = phase_pixel(min(r0, m_total - 1u), ph);
-    //#unroll I 32
-    let b{I} = pos.x;
-    let qy{I} = pos.y;
-    let qx{I} = pos.z;
-    pos = next_row(pos, r0 + {I}u, m_total, ph.n);
-    let bo{I} = b{I} * p.out_h;
-    let oy{I} = i32(ph.e.x + qy{I});
-    let ox{I} = i32(ph.e.y + qx{I});
-    var acc{I} = vec4<f32>(0.0);
-    var acd{I} = vec4<f32>(0.0);
     //#end
     for (var k0 = 0u; k0 < kq_total; k0 += 8u) {
         let kq = k0 + lane;
@@ -518,25 +441,30 @@ fn conv2d_backward_input_subgroup_wide(@builtin(workgroup_id) wg: vec3<u32>, @bu
         //#unroll J 8
         //#unroll C 4
         let k{J}{C} = w_rows + min(4u * (k0 + {J}u) + {C}u, k_total - 1u);
-        let b{J}{C} = textureLoad(wtex, texel(k{J}{C}, c40, c4s), 0);
-        let e{J}{C} = textureLoad(wtex, texel(k{J}{C}, c41, c4s), 0);
+        //#unroll V {W}
+        let w{J}{C}_{V} = textureLoad(wtex, texel(k{J}{C}, c4_{V}, c4s), 0);
+        //#end
         //#unroll I 32
         {
             let s = vec4<f32>(subgroupBroadcast(a{I}[{C}], {J}u));
-            acc{I} = fma(s, b{J}{C}, acc{I});
-            acd{I} = fma(s, e{J}{C}, acd{I});
+            //#unroll V {W}
+            acc{I}_{V} = fma(s, w{J}{C}_{V}, acc{I}_{V});
+            //#end
         }
         //#end
         //#end
         //#end
     }
-    let bias0 = bias4(c40, p.in_c);
-    let bias1 = bias4(c41, p.in_c);
+    //#unroll V {W}
+    let bias{V} = bias4(c4_{V}, p.in_c);
+    //#end
     //#unroll I 32
-    store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, col0, finish(acc{I}, bias0));
-    store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, col1, finish(acd{I}, bias1));
+    //#unroll V {W}
+    store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, col{V}, finish(acc{I}_{V}, bias{V}));
+    //#end
     //#end
 }
+//#end
 
 // The pixel 8 further on than `pos`, by steps of one (no division: a uniform loop of
 // compares and selects, far cheaper on a SIMD CPU than a vector integer division).
@@ -575,29 +503,33 @@ fn store_part(slice: u32, k: u32, c4: u32, v: vec4<f32>) {
     }
 }
 
-// Bindings: p, x4, dy4, part4. Grid: ceil(blocks * slices / 4) workgroups of 4
+// Bindings: p, xtex, dytex, part4. Grid: ceil(blocks * slices / 4) workgroups of 4
 // subgroups, where the kernel's K x F (K = kh * kw * C) is cut into blocks of 32 rows
-// x 32 channels; subgroup s of workgroup gx takes unit 4 gx + s of the blocks x slices
+// x 32 W channels; subgroup s of workgroup gx takes unit 4 gx + s of the blocks x slices
 // (block fastest, row block fastest within it: a 1-channel layer has one block, so its
-// subgroups go to different slices), its lane l 4 channels of that block.
+// subgroups go to different slices), its lane l channels 4 (8 (W c + v) + l) .. +4 of
+// column block c for v < W. Two forms as conv2d_forward_subgroup: W = 1, 2 (_wide).
 // One invocation: part[slice][k, f] = sum over the slice's output pixels m of
-// im2col(x)[m, k] * dy[m, f] for its 32 kernel rows x 4 channels. Per 8 pixels each lane
-// loads 8 vec4 of x (one pixel each, broadcast to the others) and 8 of dy.
+// im2col(x)[m, k] * dy[m, f] for its 32 kernel rows x 4 W channels. Per 8 pixels each
+// lane loads 8 vec4 of x (one pixel each, broadcast to the others) and 8 W of dy.
 // conv2d_backward_kernel_reduce (conv2d.wgsl) adds the slices in order.
+//#forms W:WIDE 1: 2:_wide
 @compute @workgroup_size(32)
-fn conv2d_backward_kernel_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
+fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let k_total = p.k_h * p.k_w * p.in_c;
     let f4s = (p.out_c + 3u) / 4u;
     let row_blocks = (k_total + 31u) / 32u;
-    let blocks = row_blocks * ((f4s + 7u) / 8u);
+    let blocks = row_blocks * ((f4s + 8u * {W}u - 1u) / (8u * {W}u));
     // Past the last unit an invocation repeats the last one and stores nothing.
     let units = blocks * p.slices;
     let unit = min(wg.x * 4u + li / 8u, units - 1u);
     let stores = wg.x * 4u + li / 8u < units;
     let block = unit % blocks;
     let slice = unit / blocks;
-    let col = block / row_blocks * 8u + li % 8u;
-    let f4 = min(col, f4s - 1u);
+    //#unroll V {W}
+    let col{V} = (block / row_blocks * {W}u + {V}u) * 8u + li % 8u;
+    let f4_{V} = min(col{V}, f4s - 1u);
+    //#end
     let r0 = block % row_blocks * 32u;
     let plane = p.out_h * p.out_w;
     let m_begin = slice * p.slice_images * plane;
@@ -605,7 +537,9 @@ fn conv2d_backward_kernel_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builti
     //#unroll G 8
     let rows{G} = kernel_rows(r0 / 4u + {G}u);
     //#unroll C 4
-    var acc{G}{C} = vec4<f32>(0.0);
+    //#unroll V {W}
+    var acc{G}{C}_{V} = vec4<f32>(0.0);
+    //#end
     //#end
     //#end
     var pos = coarse_pos(m_begin + lane);
@@ -620,12 +554,16 @@ fn conv2d_backward_kernel_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builti
         if 4u * {G}u < k_total { a{G} = gather_x(w, m < m_end, rows{G}); }
         //#end
         //#unroll J 8
-        let d{J} = dy_row(m0 + {J}u, m_end, f4);
+        //#unroll V {W}
+        let d{J}_{V} = dy_row(m0 + {J}u, m_end, f4_{V});
+        //#end
         //#unroll G 8
         if 4u * {G}u < k_total {
             let s{J}{G} = subgroupBroadcast(a{G}, {J}u);
             //#unroll C 4
-            acc{G}{C} = fma(vec4<f32>(s{J}{G}[{C}]), d{J}, acc{G}{C});
+            //#unroll V {W}
+            acc{G}{C}_{V} = fma(vec4<f32>(s{J}{G}[{C}]), d{J}_{V}, acc{G}{C}_{V});
+            //#end
             //#end
         }
         //#end
@@ -634,74 +572,14 @@ fn conv2d_backward_kernel_subgroup(@builtin(workgroup_id) wg: vec3<u32>, @builti
     if stores {
         //#unroll G 8
         //#unroll C 4
-        store_part(slice, r0 + 4u * {G}u + {C}u, col, acc{G}{C});
+        //#unroll V {W}
+        store_part(slice, r0 + 4u * {G}u + {C}u, col{V}, acc{G}{C}_{V});
         //#end
-        //#end
-    }
-}
-
-// Bindings, slices and rows as conv2d_backward_kernel_subgroup, for at least 64 output
-// channels: blocks of 32 kernel rows x 64 channels, lane l owning channels
-// 4 (16 c + l) .. +4 and 4 (16 c + 8 + l) .. +4 of column block c. Each broadcast value
-// of x feeds twice the multiply-adds (see conv2d_forward_subgroup_wide).
-@compute @workgroup_size(32)
-fn conv2d_backward_kernel_subgroup_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
-    let k_total = p.k_h * p.k_w * p.in_c;
-    let f4s = (p.out_c + 3u) / 4u;
-    let row_blocks = (k_total + 31u) / 32u;
-    let blocks = row_blocks * ((f4s + 15u) / 16u);
-    let units = blocks * p.slices;
-    let unit = min(wg.x * 4u + li / 8u, units - 1u);
-    let stores = wg.x * 4u + li / 8u < units;
-    let block = unit % blocks;
-    let slice = unit / blocks;
-    let col0 = block / row_blocks * 16u + li % 8u;
-    let col1 = col0 + 8u;
-    let f40 = min(col0, f4s - 1u);
-    let f41 = min(col1, f4s - 1u);
-    let r0 = block % row_blocks * 32u;
-    let plane = p.out_h * p.out_w;
-    let m_begin = slice * p.slice_images * plane;
-    let m_end = min((slice + 1u) * p.slice_images, p.batch) * plane;
-    //#unroll G 8
-    let rows{G} = kernel_rows(r0 / 4u + {G}u);
-    //#unroll C 4
-    var acc{G}{C} = vec4<f32>(0.0);
-    var acd{G}{C} = vec4<f32>(0.0);
-    //#end
-    //#end
-    var pos = coarse_pos(m_begin + lane);
-    for (var m0 = m_begin; m0 < m_end; m0 += 8u) {
-        let m = m0 + lane;
-        let w = window(pos);
-        pos = advance8(pos);
-        //#unroll G 8
-        var a{G} = vec4<f32>(0.0);
-        if 4u * {G}u < k_total { a{G} = gather_x(w, m < m_end, rows{G}); }
-        //#end
-        //#unroll J 8
-        let d{J} = dy_row(m0 + {J}u, m_end, f40);
-        let e{J} = dy_row(m0 + {J}u, m_end, f41);
-        //#unroll G 8
-        if 4u * {G}u < k_total {
-            let s{J}{G} = subgroupBroadcast(a{G}, {J}u);
-            //#unroll C 4
-            acc{G}{C} = fma(vec4<f32>(s{J}{G}[{C}]), d{J}, acc{G}{C});
-            acd{G}{C} = fma(vec4<f32>(s{J}{G}[{C}]), e{J}, acd{G}{C});
-            //#end
-        }
-        //#end
-        //#end
-    }
-    if stores {
-        //#unroll G 8
-        //#unroll C 4
-        store_part(slice, r0 + 4u * {G}u + {C}u, col0, acc{G}{C});
-        store_part(slice, r0 + 4u * {G}u + {C}u, col1, acd{G}{C});
         //#end
         //#end
     }
 }
+//#end
 
 // ---------------------------------------------------------------------------
 // Narrow outputs (1 to 4 channels: a decoder's last layer). Spreading output

@@ -53,9 +53,12 @@ pub fn composed_source(name: &str) -> Result<String> {
 
 /// Expand `//#unroll NAME COUNT` ... `//#end` blocks: the lines between are written
 /// COUNT times with `{NAME}` replaced by 0, 1, ... COUNT - 1 (and `{NAME+K}` by that
-/// plus K). Blocks nest. Kernels
-/// that broadcast across a subgroup need this: `subgroupBroadcast` takes a constant
-/// lane, and WGSL has no loop unrolling of its own.
+/// plus K). Kernels that broadcast across a subgroup need this: `subgroupBroadcast`
+/// takes a constant lane, and WGSL has no loop unrolling of its own.
+/// `//#forms NAME:TAG V1:T1 V2:T2 ...` ... `//#end` writes its block once per form,
+/// `{NAME}` replaced by V and `{TAG}` by T (one kernel in several sizes, each an entry
+/// point of its own: `fn k{TAG}`); an `//#unroll` count may be such a `{NAME}`.
+/// Blocks nest.
 pub fn expand_unrolls(src: &str) -> Result<String> {
     let lines: Vec<&str> = src.lines().collect();
     let mut out = String::with_capacity(src.len());
@@ -66,40 +69,63 @@ pub fn expand_unrolls(src: &str) -> Result<String> {
     Ok(out)
 }
 
+/// `line` with the substitutions `subs` made.
+fn substitute(line: &str, subs: &[(String, String)], at: usize) -> Result<String> {
+    let mut l = line.to_string();
+    for (name, v) in subs {
+        l = l.replace(&format!("{{{name}}}"), v);
+        // `{NAME+K}`: the value plus a constant (a sliding window's neighbours).
+        let open = format!("{{{name}+");
+        while let Some(pos) = l.find(&open) {
+            let rest = &l[pos + open.len()..];
+            let close = rest.find('}').ok_or_else(|| anyhow!("line {at}: unclosed {open}"))?;
+            let bad = || anyhow!("line {at}: {open}{} is not NAME+number over a number", &rest[..close]);
+            let k: usize = rest[..close].parse().map_err(|_| bad())?;
+            let base: usize = v.parse().map_err(|_| bad())?;
+            l = format!("{}{}{}", &l[..pos], base + k, &rest[close + 1..]);
+        }
+    }
+    Ok(l)
+}
+
 /// Write line `i` (or the whole block it opens) with the substitutions `subs`;
 /// returns the index of the next line to write.
-fn expand_from(lines: &[&str], i: usize, subs: &[(String, usize)], out: &mut String) -> Result<usize> {
-    let line = lines[i];
-    let Some(rest) = line.trim_start().strip_prefix("//#unroll ") else {
-        if line.trim_start().starts_with("//#end") {
+fn expand_from(lines: &[&str], i: usize, subs: &[(String, String)], out: &mut String) -> Result<usize> {
+    let line = substitute(lines[i], subs, i + 1)?;
+    let trimmed = line.trim_start();
+    // Each form of the block: the substitutions it adds.
+    let forms: Vec<Vec<(String, String)>> = if let Some(rest) = trimmed.strip_prefix("//#unroll ") {
+        let mut words = rest.split_whitespace();
+        let (Some(name), Some(count)) = (words.next(), words.next().and_then(|c| c.parse::<usize>().ok())) else {
+            bail!("line {}: expected //#unroll NAME COUNT", i + 1);
+        };
+        (0..count).map(|v| vec![(name.to_string(), v.to_string())]).collect()
+    } else if let Some(rest) = trimmed.strip_prefix("//#forms ") {
+        let mut words = rest.split_whitespace();
+        let (Some((name, tag)), items) = (words.next().and_then(|w| w.split_once(':')), words) else {
+            bail!("line {}: expected //#forms NAME:TAG VALUE:TAG ...", i + 1);
+        };
+        items
+            .map(|it| {
+                let (v, t) = it.split_once(':').ok_or_else(|| anyhow!("line {}: form {it} is not VALUE:TAG", i + 1))?;
+                Ok(vec![(name.to_string(), v.to_string()), (tag.to_string(), t.to_string())])
+            })
+            .collect::<Result<_>>()?
+    } else {
+        if trimmed.starts_with("//#end") {
             bail!("line {}: //#end without //#unroll", i + 1);
         }
-        let mut l = line.to_string();
-        for (name, v) in subs {
-            l = l.replace(&format!("{{{name}}}"), &v.to_string());
-            // `{NAME+K}`: the value plus a constant (a sliding window's neighbours).
-            let open = format!("{{{name}+");
-            while let Some(at) = l.find(&open) {
-                let rest = &l[at + open.len()..];
-                let close = rest.find('}').ok_or_else(|| anyhow!("line {}: unclosed {open}", i + 1))?;
-                let k: usize = rest[..close].parse().map_err(|_| anyhow!("line {}: {open}{} is not NAME+number", i + 1, &rest[..close]))?;
-                l = format!("{}{}{}", &l[..at], v + k, &rest[close + 1..]);
-            }
-        }
-        out.push_str(&l);
+        out.push_str(&line);
         out.push('\n');
         return Ok(i + 1);
     };
-    let mut words = rest.split_whitespace();
-    let (Some(name), Some(count)) = (words.next(), words.next().and_then(|c| c.parse::<usize>().ok())) else {
-        bail!("line {}: expected //#unroll NAME COUNT", i + 1);
-    };
     // The block's end: the matching //#end at the same nesting depth.
+    let opens = |t: &str| t.starts_with("//#unroll ") || t.starts_with("//#forms ");
     let mut depth = 0;
     let mut end = None;
     for (j, l) in lines.iter().enumerate().skip(i + 1) {
         let t = l.trim_start();
-        if t.starts_with("//#unroll ") {
+        if opens(t) {
             depth += 1;
         } else if t.starts_with("//#end") {
             if depth == 0 {
@@ -109,10 +135,10 @@ fn expand_from(lines: &[&str], i: usize, subs: &[(String, usize)], out: &mut Str
             depth -= 1;
         }
     }
-    let end = end.ok_or_else(|| anyhow!("line {}: //#unroll {name} has no //#end", i + 1))?;
-    for v in 0..count {
+    let end = end.ok_or_else(|| anyhow!("line {}: {} has no //#end", i + 1, trimmed))?;
+    for form in forms {
         let mut inner = subs.to_vec();
-        inner.push((name.to_string(), v));
+        inner.extend(form);
         let mut j = i + 1;
         while j < end {
             j = expand_from(lines, j, &inner, out)?;
@@ -491,6 +517,8 @@ mod tests {
         assert_eq!(super::expand_unrolls(src).unwrap(), "a\n  x0\n  y00\n  y01\n  x1\n  y10\n  y11\nb\n");
         assert_eq!(super::expand_unrolls("//#unroll I 2\nv{I+2} + v{I}\n//#end\n").unwrap(), "v2 + v0\nv3 + v1\n");
         assert!(super::expand_unrolls("//#unroll I 2\nv{I+x}\n//#end\n").is_err(), "an offset is a number");
+        let forms = "//#forms W:S 1: 2:_wide\nfn k{S}() {\n//#unroll V {W}\n  a{V}\n//#end\n}\n//#end\n";
+        assert_eq!(super::expand_unrolls(forms).unwrap(), "fn k() {\n  a0\n}\nfn k_wide() {\n  a0\n  a1\n}\n");
         assert!(super::expand_unrolls("//#unroll I 2\nx\n").is_err(), "an open block is an error");
         assert!(super::expand_unrolls("x\n//#end\n").is_err(), "a stray end is an error");
     }
