@@ -246,14 +246,23 @@ fn family_test(variant: Variant) {
     dense_cases(variant);
 }
 
+/// Whether the adapter offers the subgroup family; where not, says so (the plan never
+/// picks it there, so there is nothing of it to hold to the CPU).
+fn subgroup_offered() -> bool {
+    let c = ctx();
+    let offered = cvae::gpu::plan::offered(&c.gpu).contains(&Variant::Subgroup);
+    if !offered {
+        eprintln!("NOTE: {} has no 8-lane subgroups; the subgroup family is not offered on it, and not tested", c.gpu.name());
+    }
+    offered
+}
+
 /// The subgroup family, where the adapter offers it (8-lane subgroups: lavapipe on a
 /// 256-bit host, as in CI). Elsewhere the plan never picks it, so there is nothing of
 /// it to hold to the CPU: the test says so and checks that it is not offered.
 #[test]
 fn every_layer_op_through_the_subgroup_family() {
-    let c = ctx();
-    if !cvae::gpu::plan::offered(&c.gpu).contains(&Variant::Subgroup) {
-        eprintln!("NOTE: {} has no 8-lane subgroups; the subgroup family is not offered on it, and not tested", c.gpu.name());
+    if !subgroup_offered() {
         return;
     }
     family_test(Variant::Subgroup);
@@ -372,12 +381,10 @@ fn relu_backward_and_bias_backward() {
 /// reads the texture. Bias: `rows` values summed; kernel gradient: `rows` products.
 #[test]
 fn relu_bias_backward_subgroup_masks_packs_and_sums() {
-    let c = ctx();
-    if !cvae::gpu::plan::offered(&c.gpu).contains(&Variant::Subgroup) {
-        eprintln!("NOTE: {} has no 8-lane subgroups; the subgroup family is not offered on it, and not tested", c.gpu.name());
+    if !subgroup_offered() {
         return;
     }
-    let gpu = &c.gpu;
+    let gpu = &ctx().gpu;
     for &(rows, channels) in &[(1, 4), (65, 8), (100 * 28 * 28, 32), (100, 1568), (3, 12544)] {
         let inputs = 5;
         let y: Vec<f32> = rand_vec(rows * channels, 210, 1.0).iter().map(|v| v.max(0.0)).collect();
