@@ -48,6 +48,14 @@ impl Shape {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Values per pixel: an image's channels; a flat vector is one pixel of them all.
+    pub fn channels(&self) -> usize {
+        match *self {
+            Shape::Image { c, .. } => c,
+            Shape::Flat(n) => n,
+        }
+    }
 }
 
 impl fmt::Display for Shape {

@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 use super::kernels::Dispatch;
 use super::ops::{Ops, Packs, Variant, Weights};
 use super::plan::{Op, Plan};
-use crate::model::{Activation, KlKind, Layer, LayerInfo, LossSpec, Model, Shape};
+use crate::model::{Activation, KlKind, Layer, LayerInfo, LossSpec, Model};
 
 /// Where a pass's noise comes from: a stream's key (`Rng::key`) and the step
 /// uniform whose `step` field is the counter; the noise of a row is indexed by the
@@ -195,10 +195,7 @@ impl<'a> Network<'a> {
         let (gw, w) = (self.weights(grads, l), self.weights(&self.params, l));
         // Where both gradient kernels are the subgroup family's, they read dy through a
         // texture: the mask and the bias gradient come with packing it, one pass.
-        let channels = match l.output {
-            Shape::Image { c, .. } => c,
-            Shape::Flat(n) => n,
-        };
+        let channels = l.output.channels();
         let rows = n * l.output.len() / channels;
         let subgroup = ok.variant == Variant::Subgroup && (dx.is_none() || oi.variant == Variant::Subgroup);
         let relu = l.activation() == Activation::Relu;

@@ -29,16 +29,25 @@ fn images_within_loop_budget(h: usize, w: usize) -> usize {
 /// (subgroup.wgsl: FOLD).
 pub const TEXTURE_FOLD: usize = 4096;
 
-/// The phases of a strided input gradient, one dispatch each: the uniform with the
-/// phase set, and the input pixels of that phase (phases with none are skipped).
-fn phases(g: &ConvGeom, un0: ConvUniform) -> Vec<(ConvUniform, usize)> {
+/// One phase of a strided input gradient: its uniform (the phase set), and its input
+/// pixels per image as rows x columns.
+struct PhaseGrid {
+    un: ConvUniform,
+    rows: usize,
+    cols: usize,
+}
+
+/// The phases of a strided input gradient, one dispatch each (phases with no input
+/// pixels are skipped).
+fn phases(g: &ConvGeom, un0: ConvUniform) -> Vec<PhaseGrid> {
     let s = g.stride;
     let all = (0..s).flat_map(|ry| (0..s).map(move |rx| (ry, rx)));
-    all.map(|(ry, rx)| {
-        let m = g.batch * g.in_h.saturating_sub(ry).div_ceil(s) * g.in_w.saturating_sub(rx).div_ceil(s);
-        (ConvUniform { phase_y: u(ry), phase_x: u(rx), ..un0 }, m)
+    all.map(|(ry, rx)| PhaseGrid {
+        un: ConvUniform { phase_y: u(ry), phase_x: u(rx), ..un0 },
+        rows: g.in_h.saturating_sub(ry).div_ceil(s),
+        cols: g.in_w.saturating_sub(rx).div_ceil(s),
     })
-    .filter(|&(_, m)| m > 0)
+    .filter(|ph| ph.rows * ph.cols > 0)
     .collect()
 }
 
@@ -50,13 +59,23 @@ fn phases(g: &ConvGeom, un0: ConvUniform) -> Vec<(ConvUniform, usize)> {
 /// texture format it meets, and a _wide kernel takes about 4 s to compile.
 const WIDE_CHANNELS: usize = 64;
 
-/// The grid of a subgroup kernel over `m` pixels: 128 pixels per workgroup, and
-/// 8 column blocks of 4 per workgroup unless narrow (one block of at most 4 columns).
-fn subgroup_grid(narrow: bool, cols4: usize, m: usize) -> [u32; 3] {
+/// Vec4 columns a subgroup computes: 8 lanes of one vec4, or of two in the `_wide` forms.
+fn subgroup_cols4(wide: bool) -> usize {
+    if wide {
+        16
+    } else {
+        8
+    }
+}
+
+/// The grid of a subgroup kernel over `m` pixels: 128 pixels per workgroup, and the
+/// `cols4` columns in blocks of `subgroup_cols4` unless narrow (one block of at most 4
+/// columns).
+fn subgroup_grid(narrow: bool, wide: bool, cols4: usize, m: usize) -> [u32; 3] {
     if narrow {
         [u(m.div_ceil(128)), 1, 1]
     } else {
-        [u(cols4.div_ceil(8)), u(m.div_ceil(128)), 1]
+        [u(cols4.div_ceil(subgroup_cols4(wide))), u(m.div_ceil(128)), 1]
     }
 }
 
@@ -486,10 +505,7 @@ impl Ops<'_> {
         let (packw, wview) = self.packed_weights("pack_weights", &un, w, g.k_h * g.k_w * g.in_c, cols4)?;
         let (pack, xview) = self.pack_rows(x, g.in_len() / g.in_c, g.in_c)?;
         let buffers = [("params", w.params), ("y4", y)];
-        let mut grid = subgroup_grid(narrow, cols4, g.batch * g.out_h * g.out_w);
-        if wide {
-            grid[0] = u(cols4.div_ceil(16));
-        }
+        let grid = subgroup_grid(narrow, wide, cols4, g.batch * g.out_h * g.out_w);
         let main = self.k.dispatch_grid(self.gpu, entry, &un, &buffers, &[("wtex", &wview), ("xtex", &xview)], grid)?;
         Ok(pack.into_iter().fold(main, Dispatch::after).after(packw))
     }
@@ -518,18 +534,16 @@ impl Ops<'_> {
         let (packw, wview) = self.packed_weights("pack_weights_transposed", &un0, w, g.k_h * g.k_w * g.out_c, cols4)?;
         let (pack, dyview) = self.pack_rows(dy, g.out_len() / g.out_c, g.out_c)?;
         let mut d = pack.into_iter().fold(packw, Dispatch::then);
-        for (un, m) in phases(g, un0) {
+        for ph in phases(g, un0) {
             let buffers = [("params", w.params), ("dx4", dx)];
             let textures = [("wtex", &wview), ("dytex", &dyview)];
-            // The narrow kernel takes strips of 32 pixels of one row of the phase.
-            let (s, ry, rx) = (g.stride, un.phase_y as usize, un.phase_x as usize);
-            let strips = g.batch * (g.in_h - ry).div_ceil(s) * (g.in_w - rx).div_ceil(s).div_ceil(32);
-            let grid = match (narrow, wide) {
-                (true, _) => [u(strips.div_ceil(4)), 1, 1],
-                (false, true) => [u(cols4.div_ceil(16)), u(m.div_ceil(128)), 1],
-                (false, false) => subgroup_grid(false, cols4, m),
+            // The narrow kernel takes strips of 32 pixels of one row of the phase, 4 a workgroup.
+            let grid = if narrow {
+                [u((g.batch * ph.rows * ph.cols.div_ceil(32)).div_ceil(4)), 1, 1]
+            } else {
+                subgroup_grid(false, wide, cols4, g.batch * ph.rows * ph.cols)
             };
-            d = d.then(self.k.dispatch_grid(self.gpu, entry, &un, &buffers, &textures, grid)?);
+            d = d.then(self.k.dispatch_grid(self.gpu, entry, &ph.un, &buffers, &textures, grid)?);
         }
         Ok(d.named(entry))
     }
@@ -539,7 +553,7 @@ impl Ops<'_> {
     fn backward_kernel_subgroup(&self, g: &ConvGeom, x: &wgpu::Buffer, dy: &wgpu::Buffer, grads: Weights<'_>) -> Result<Dispatch> {
         let (rows, cols4) = (g.k_h * g.k_w * g.in_c, g.out_c.div_ceil(4));
         let wide = g.out_c >= WIDE_CHANNELS && g.in_c.is_multiple_of(4) && g.out_c.is_multiple_of(4);
-        let blocks = cols4.div_ceil(if wide { 16 } else { 8 }) * rows.div_ceil(32);
+        let blocks = cols4.div_ceil(subgroup_cols4(wide)) * rows.div_ceil(32);
         // At least 128 subgroups (one per block and slice); each invocation loops over a
         // slice's pixels 8 at a time.
         let plane = g.out_h * g.out_w;
@@ -584,15 +598,15 @@ impl Ops<'_> {
     ) -> Result<Dispatch> {
         let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
         let mut parts = Vec::new();
-        for (un, m) in phases(g, un0) {
+        for ph in phases(g, un0) {
             let buffers = [("dy4", dy), ("params", w.params), ("dx4", dx)];
             parts.push(self.k.dispatch_grid(
                 self.gpu,
                 "conv2d_backward_input_tiled",
-                &un,
+                &ph.un,
                 &buffers,
                 &[],
-                [u(g.in_c.div_ceil(64)), u(m.div_ceil(64)), 1],
+                [u(g.in_c.div_ceil(64)), u((g.batch * ph.rows * ph.cols).div_ceil(64)), 1],
             )?);
         }
         let mut it = parts.into_iter();
