@@ -272,15 +272,16 @@ fn store_y(m: u32, m_total: u32, c4: u32, n: u32, v: vec4<f32>) {
     }
 }
 
-// Bindings: p, xtex, wtex, params, y4. Grid: (ceil(F / (32 W)), ceil(B * OH * OW / 128))
+// Bindings: p, xtex, wtex, params, y4. Grid: (ceil(F / (32 W)), ceil(B * OH * OW / 4 R))
 // workgroups of 4 subgroups; subgroup s of workgroup (gx, gy) owns output pixels
-// 32 (4 gy + s) .. +32, its lane l channels 4 (8 (W gx + v) + l) .. +4 for v < W.
-// One invocation: y = act(bias + im2col(x) kernel) for its 32 pixels x 4 W channels.
-// Two forms: W = 1, and W = 2 (_wide, for 64 channels and more), where each broadcast
-// value of x feeds two multiply-adds instead of one: on lavapipe a broadcast costs
-// about as much as a multiply-add, and the register block, twice as large, spills to
-// the stack, which costs less (but the kernel takes about 4 s to compile, not 1.5).
-//#forms W:WIDE 1: 2:_wide
+// R (4 gy + s) .. +R, its lane l channels 4 (8 (W gx + v) + l) .. +4 for v < W.
+// One invocation: y = act(bias + im2col(x) kernel) for its R pixels x 4 W channels.
+// Two forms: W = 1 with R = 32, and W = 2 with R = 16 (_wide, for 64 channels and
+// more), where each broadcast value of x feeds two multiply-adds instead of one: on
+// lavapipe a broadcast costs about as much as a multiply-add. Its register block stays
+// the size of the 4-channel form's: 32 rows of it were no faster and took 2.5 times as
+// long to compile (3.8 s against 1.5 s, and 1.2 s against 0.2 s to build with warm caches).
+//#forms W:R:WIDE 1:32: 2:16:_wide
 @compute @workgroup_size(32)
 fn conv2d_forward_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let f4s = (p.out_c + 3u) / 4u;
@@ -291,9 +292,9 @@ fn conv2d_forward_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(
     let col{V} = (wg.x * {W}u + {V}u) * 8u + li % 8u;
     let f4_{V} = min(col{V}, f4s - 1u);
     //#end
-    let r0 = (wg.y * 4u + li / 8u) * 32u;
+    let r0 = (wg.y * 4u + li / 8u) * {R}u;
     var pos = coarse_pos(min(r0, m_total - 1u));
-    //#unroll I 32
+    //#unroll I {R}
     let w{I} = window(pos);
     pos = next_row(pos, r0 + {I}u, m_total, vec2<u32>(p.out_h, p.out_w));
     //#unroll V {W}
@@ -304,7 +305,7 @@ fn conv2d_forward_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(
         // This lane's vec4 of the reduction: its taps and channels, worked out once
         // for all 32 rows (a vector integer division is slow on a SIMD CPU).
         let rows = kernel_rows(k0 + lane);
-        //#unroll I 32
+        //#unroll I {R}
         let a{I} = gather_x(w{I}, true, rows);
         //#end
         //#unroll J 8
@@ -313,7 +314,7 @@ fn conv2d_forward_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(
         //#unroll V {W}
         let b{J}{C}_{V} = textureLoad(wtex, texel(k{J}{C}, f4_{V}, f4s), 0);
         //#end
-        //#unroll I 32
+        //#unroll I {R}
         {
             let s = vec4<f32>(subgroupBroadcast(a{I}[{C}], {J}u));
             //#unroll V {W}
@@ -327,7 +328,7 @@ fn conv2d_forward_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(
     //#unroll V {W}
     let bias{V} = bias4(f4_{V}, p.out_c);
     //#end
-    //#unroll I 32
+    //#unroll I {R}
     //#unroll V {W}
     store_y(r0 + {I}u, m_total, col{V}, p.out_c, finish(acc{I}_{V}, bias{V}));
     //#end
@@ -396,13 +397,13 @@ fn phase_pixel(m: u32, ph: Phase) -> vec3<u32> {
 }
 
 // Bindings: p, dytex, wtex (packed by pack_weights_transposed), params, dx4. Grid:
-// (ceil(C / (32 W)), ceil(B * rows * cols of the phase / 128)) workgroups; one dispatch
+// (ceil(C / (32 W)), ceil(B * rows * cols of the phase / 4 R)) workgroups; one dispatch
 // per phase (p.phase_y, p.phase_x) of the stride, so every row of an invocation meets
-// the same taps. Rows, lanes and the two forms (W = 1, 2: _wide) as
+// the same taps. Rows, lanes and the two forms (W = 1, R = 32; W = 2, R = 16: _wide) as
 // conv2d_forward_subgroup.
 // One invocation: dx = act(bias + sum over the phase's taps and f of dy * kernel) for
-// its 32 fine-side pixels x 4 W channels (bias and ReLU serve Conv2DTranspose's forward).
-//#forms W:WIDE 1: 2:_wide
+// its R fine-side pixels x 4 W channels (bias and ReLU serve Conv2DTranspose's forward).
+//#forms W:R:WIDE 1:32: 2:16:_wide
 @compute @workgroup_size(32)
 fn conv2d_backward_input_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let ph = phase();
@@ -416,9 +417,9 @@ fn conv2d_backward_input_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @b
     let col{V} = (wg.x * {W}u + {V}u) * 8u + li % 8u;
     let c4_{V} = min(col{V}, c4s - 1u);
     //#end
-    let r0 = (wg.y * 4u + li / 8u) * 32u;
+    let r0 = (wg.y * 4u + li / 8u) * {R}u;
     var pos = phase_pixel(min(r0, m_total - 1u), ph);
-    //#unroll I 32
+    //#unroll I {R}
     let b{I} = pos.x;
     let qy{I} = pos.y;
     let qx{I} = pos.z;
@@ -435,7 +436,7 @@ fn conv2d_backward_input_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @b
         let f4s = max(p.out_c / 4u, 1u);
         let t = kq / f4s;
         let lane_tap = vec3<u32>(t / max(ph.taps.y, 1u), t % max(ph.taps.y, 1u), kq % f4s);
-        //#unroll I 32
+        //#unroll I {R}
         let a{I} = gather_dy(bo{I}, oy{I}, ox{I}, kq, lane_tap, ph.taps);
         //#end
         //#unroll J 8
@@ -444,7 +445,7 @@ fn conv2d_backward_input_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @b
         //#unroll V {W}
         let w{J}{C}_{V} = textureLoad(wtex, texel(k{J}{C}, c4_{V}, c4s), 0);
         //#end
-        //#unroll I 32
+        //#unroll I {R}
         {
             let s = vec4<f32>(subgroupBroadcast(a{I}[{C}], {J}u));
             //#unroll V {W}
@@ -458,7 +459,7 @@ fn conv2d_backward_input_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @b
     //#unroll V {W}
     let bias{V} = bias4(c4_{V}, p.in_c);
     //#end
-    //#unroll I 32
+    //#unroll I {R}
     //#unroll V {W}
     store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, col{V}, finish(acc{I}_{V}, bias{V}));
     //#end
@@ -508,17 +509,19 @@ fn store_part(slice: u32, k: u32, c4: u32, v: vec4<f32>) {
 // x 32 W channels; subgroup s of workgroup gx takes unit 4 gx + s of the blocks x slices
 // (block fastest, row block fastest within it: a 1-channel layer has one block, so its
 // subgroups go to different slices), its lane l channels 4 (8 (W c + v) + l) .. +4 of
-// column block c for v < W. Two forms as conv2d_forward_subgroup: W = 1, 2 (_wide).
+// column block c for v < W. Two forms as conv2d_forward_subgroup: W = 1, 2 (_wide),
+// both of 32 rows (NG = 8 groups of 4): 16-row blocks made the _wide form slower here
+// (each lane's x gathers then feed half as many multiply-adds).
 // One invocation: part[slice][k, f] = sum over the slice's output pixels m of
 // im2col(x)[m, k] * dy[m, f] for its 32 kernel rows x 4 W channels. Per 8 pixels each
 // lane loads 8 vec4 of x (one pixel each, broadcast to the others) and 8 W of dy.
 // conv2d_backward_kernel_reduce (conv2d.wgsl) adds the slices in order.
-//#forms W:WIDE 1: 2:_wide
+//#forms W:NG:WIDE 1:8: 2:8:_wide
 @compute @workgroup_size(32)
 fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let k_total = p.k_h * p.k_w * p.in_c;
     let f4s = (p.out_c + 3u) / 4u;
-    let row_blocks = (k_total + 31u) / 32u;
+    let row_blocks = (k_total + 4u * {NG}u - 1u) / (4u * {NG}u);
     let blocks = row_blocks * ((f4s + 8u * {W}u - 1u) / (8u * {W}u));
     // Past the last unit an invocation repeats the last one and stores nothing.
     let units = blocks * p.slices;
@@ -530,11 +533,11 @@ fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @
     let col{V} = (block / row_blocks * {W}u + {V}u) * 8u + li % 8u;
     let f4_{V} = min(col{V}, f4s - 1u);
     //#end
-    let r0 = block % row_blocks * 32u;
+    let r0 = block % row_blocks * 4u * {NG}u;
     let plane = p.out_h * p.out_w;
     let m_begin = slice * p.slice_images * plane;
     let m_end = min((slice + 1u) * p.slice_images, p.batch) * plane;
-    //#unroll G 8
+    //#unroll G {NG}
     let rows{G} = kernel_rows(r0 / 4u + {G}u);
     //#unroll C 4
     //#unroll V {W}
@@ -549,7 +552,7 @@ fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @
         pos = advance8(pos);
         // Row groups past K (a kernel of fewer than 32 rows) are skipped: the condition
         // is the same for the whole workgroup, so the branch is a real one.
-        //#unroll G 8
+        //#unroll G {NG}
         var a{G} = vec4<f32>(0.0);
         if 4u * {G}u < k_total { a{G} = gather_x(w, m < m_end, rows{G}); }
         //#end
@@ -557,7 +560,7 @@ fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @
         //#unroll V {W}
         let d{J}_{V} = dy_row(m0 + {J}u, m_end, f4_{V});
         //#end
-        //#unroll G 8
+        //#unroll G {NG}
         if 4u * {G}u < k_total {
             let s{J}{G} = subgroupBroadcast(a{G}, {J}u);
             //#unroll C 4
@@ -570,7 +573,7 @@ fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @
         //#end
     }
     if stores {
-        //#unroll G 8
+        //#unroll G {NG}
         //#unroll C 4
         //#unroll V {W}
         store_part(slice, r0 + 4u * {G}u + {C}u, col{V}, acc{G}{C}_{V});

@@ -55,10 +55,10 @@ pub fn composed_source(name: &str) -> Result<String> {
 /// COUNT times with `{NAME}` replaced by 0, 1, ... COUNT - 1 (and `{NAME+K}` by that
 /// plus K). Kernels that broadcast across a subgroup need this: `subgroupBroadcast`
 /// takes a constant lane, and WGSL has no loop unrolling of its own.
-/// `//#forms NAME:TAG V1:T1 V2:T2 ...` ... `//#end` writes its block once per form,
-/// `{NAME}` replaced by V and `{TAG}` by T (one kernel in several sizes, each an entry
-/// point of its own: `fn k{TAG}`); an `//#unroll` count may be such a `{NAME}`.
-/// Blocks nest.
+/// `//#forms A:B:TAG a1:b1:t1 a2:b2:t2 ...` ... `//#end` writes its block once per
+/// form, `{A}` replaced by its a, `{B}` by its b and so on (one kernel in several
+/// sizes, each an entry point of its own: `fn k{TAG}`); an `//#unroll` count may be
+/// such a `{NAME}`. Blocks nest.
 pub fn expand_unrolls(src: &str) -> Result<String> {
     let lines: Vec<&str> = src.lines().collect();
     let mut out = String::with_capacity(src.len());
@@ -102,13 +102,16 @@ fn expand_from(lines: &[&str], i: usize, subs: &[(String, String)], out: &mut St
         (0..count).map(|v| vec![(name.to_string(), v.to_string())]).collect()
     } else if let Some(rest) = trimmed.strip_prefix("//#forms ") {
         let mut words = rest.split_whitespace();
-        let (Some((name, tag)), items) = (words.next().and_then(|w| w.split_once(':')), words) else {
-            bail!("line {}: expected //#forms NAME:TAG VALUE:TAG ...", i + 1);
+        let Some(names) = words.next().map(|w| w.split(':').collect::<Vec<_>>()) else {
+            bail!("line {}: expected //#forms NAME:NAME... VALUE:VALUE... ...", i + 1);
         };
-        items
+        words
             .map(|it| {
-                let (v, t) = it.split_once(':').ok_or_else(|| anyhow!("line {}: form {it} is not VALUE:TAG", i + 1))?;
-                Ok(vec![(name.to_string(), v.to_string()), (tag.to_string(), t.to_string())])
+                let values: Vec<&str> = it.split(':').collect();
+                if values.len() != names.len() {
+                    bail!("line {}: form {it} has {} values for the {} names {}", i + 1, values.len(), names.len(), names.join(":"));
+                }
+                Ok(names.iter().zip(values).map(|(n, v)| (n.to_string(), v.to_string())).collect())
             })
             .collect::<Result<_>>()?
     } else {
@@ -519,6 +522,9 @@ mod tests {
         assert!(super::expand_unrolls("//#unroll I 2\nv{I+x}\n//#end\n").is_err(), "an offset is a number");
         let forms = "//#forms W:S 1: 2:_wide\nfn k{S}() {\n//#unroll V {W}\n  a{V}\n//#end\n}\n//#end\n";
         assert_eq!(super::expand_unrolls(forms).unwrap(), "fn k() {\n  a0\n}\nfn k_wide() {\n  a0\n  a1\n}\n");
+        let three = "//#forms W:R:S 1:2: 2:1:_wide\nfn k{S}() {\n//#unroll I {R}\n  r{I} w{W}\n//#end\n}\n//#end\n";
+        assert_eq!(super::expand_unrolls(three).unwrap(), "fn k() {\n  r0 w1\n  r1 w1\n}\nfn k_wide() {\n  r0 w2\n}\n");
+        assert!(super::expand_unrolls("//#forms W:S 1\nx\n//#end\n").is_err(), "a form gives every name a value");
         assert!(super::expand_unrolls("//#unroll I 2\nx\n").is_err(), "an open block is an error");
         assert!(super::expand_unrolls("x\n//#end\n").is_err(), "a stray end is an error");
     }

@@ -56,7 +56,7 @@ fn phases(g: &ConvGeom, un0: ConvUniform) -> Vec<PhaseGrid> {
 /// against the 4-channel forms on the tf-cvae layers of 64 channels: 20-25% less
 /// time for the forward and input gradient, 13-16% for the kernel gradient. Only where
 /// the activations they read come in vec4 texels: llvmpipe compiles a kernel once per
-/// texture format it meets, and a _wide kernel takes about 4 s to compile.
+/// texture format it meets, and a _wide kernel takes 1.5-4 s to compile.
 const WIDE_CHANNELS: usize = 64;
 
 /// Vec4 columns a subgroup computes: 8 lanes of one vec4, or of two in the `_wide` forms.
@@ -68,14 +68,25 @@ fn subgroup_cols4(wide: bool) -> usize {
     }
 }
 
-/// The grid of a subgroup kernel over `m` pixels: 128 pixels per workgroup, and the
-/// `cols4` columns in blocks of `subgroup_cols4` unless narrow (one block of at most 4
-/// columns).
+/// Rows (pixels, or kernel rows) a subgroup computes: 32, or 16 in the `_wide` forms,
+/// whose register block is then no larger than the 4-channel forms' (`//#forms` in
+/// shaders/subgroup.wgsl).
+fn subgroup_rows(wide: bool) -> usize {
+    if wide {
+        16
+    } else {
+        32
+    }
+}
+
+/// The grid of a subgroup kernel over `m` pixels: 4 subgroups of `subgroup_rows`
+/// pixels per workgroup, and the `cols4` columns in blocks of `subgroup_cols4` unless
+/// narrow (128 pixels, one block of at most 4 columns).
 fn subgroup_grid(narrow: bool, wide: bool, cols4: usize, m: usize) -> [u32; 3] {
     if narrow {
         [u(m.div_ceil(128)), 1, 1]
     } else {
-        [u(cols4.div_ceil(subgroup_cols4(wide))), u(m.div_ceil(128)), 1]
+        [u(cols4.div_ceil(subgroup_cols4(wide))), u(m.div_ceil(4 * subgroup_rows(wide))), 1]
     }
 }
 
