@@ -74,6 +74,8 @@ pub struct Report {
     pub reps: usize,
     pub variant: String,
     pub first_step_seconds: f64,
+    /// Where the first step's time went, in order: (phase, seconds).
+    pub first_step_phases: Vec<(String, f64)>,
     pub train_images_per_second: Spread,
     pub train_ms_per_step: Spread,
     pub eval_images_per_second: Spread,
@@ -134,8 +136,11 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
         bail!("--steps and --reps must be at least 1");
     }
     let t_start = Instant::now();
+    let mut phases = Phases::new();
     let gpu = Gpu::open(a.adapter)?;
+    phases.mark("adapter");
     let kernels = Kernels::new(&gpu)?;
+    phases.mark("shaders checked");
     let model = Model::preset(a.preset, a.preset.default_latent(), a.preset.default_kl())?;
     let batch = a.batch.unwrap_or(a.preset.default_batch());
     if batch == 0 {
@@ -146,6 +151,7 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
         return Ok(None);
     }
     let data = Dataset::embedded()?;
+    phases.mark("MNIST");
     let (mut train, mut test) = (data.train, data.test);
     let need = batch * (a.steps * a.reps + 3);
     if need > train.len() {
@@ -157,6 +163,7 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
     check_limits(&gpu, &model, batch, &train)?;
     // As a training run does: the cached choice, or a measurement now (in the first step's time).
     let choice = plan::choose(&gpu, &kernels, &model, batch, a.variant, None, a.json)?;
+    phases.mark("choosing kernels");
     let spec = TrainerSpec {
         model: &model,
         optimizer: a.preset.default_optimizer(),
@@ -169,11 +176,14 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
         fixed_z: &[],
         plan: choice.plan.clone(),
     };
+    // Building the trainer builds its pipelines (wgpu's translation, the driver's
+    // front end); lavapipe compiles each to machine code at its first dispatch.
     let mut trainer = Trainer::new(&gpu, &kernels, spec)?;
+    phases.mark("pipelines");
     trainer.begin_epoch(1);
-    // The first step includes pipeline creation and the driver's shader compilation.
     trainer.train_step(0)?;
     trainer.finish()?;
+    phases.mark("first dispatches");
     let first_step_seconds = t_start.elapsed().as_secs_f64();
     trainer.train_step(1)?;
     trainer.train_step(2)?;
@@ -182,13 +192,27 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
     let eval = time_evaluation(&gpu, &kernels, &model, &init, &test, batch, &choice.plan, a.reps)?;
     let prof = trainer.profile_train_step(0)?;
     let step_flops = trainer.train_dispatch_flops();
-    let measured = Measured { first_step_seconds, timing, eval, prof, step_flops };
+    let measured = Measured { first_step_seconds, first_step_phases: phases.0, timing, eval, prof, step_flops };
     Ok(Some(report(&gpu, &kernels, a, batch, choice, measured)?))
+}
+
+/// Seconds between marks: where start-up time goes.
+struct Phases(Vec<(String, f64)>, Instant);
+
+impl Phases {
+    fn new() -> Phases {
+        Phases(Vec::new(), Instant::now())
+    }
+    fn mark(&mut self, phase: &str) {
+        self.0.push((phase.to_string(), self.1.elapsed().as_secs_f64()));
+        self.1 = Instant::now();
+    }
 }
 
 /// What `run` measured, for the report.
 struct Measured {
     first_step_seconds: f64,
+    first_step_phases: Vec<(String, f64)>,
     timing: Timing,
     eval: Vec<f64>,
     prof: (Vec<KernelTime>, &'static str),
@@ -196,7 +220,7 @@ struct Measured {
 }
 
 fn report(gpu: &Gpu, kernels: &Kernels, a: &BenchArgs, batch: usize, choice: plan::Choice, m: Measured) -> Result<Report> {
-    let Measured { first_step_seconds, timing, eval, prof, step_flops } = m;
+    let Measured { first_step_seconds, first_step_phases, timing, eval, prof, step_flops } = m;
     let train_ms = Spread::of(timing.ms);
     let step_gflops = step_flops / (train_ms.median * 1e6);
     let (ceiling, ceiling_variant) = match ceiling(gpu, kernels)? {
@@ -212,6 +236,7 @@ fn report(gpu: &Gpu, kernels: &Kernels, a: &BenchArgs, batch: usize, choice: pla
         reps: a.reps,
         variant: format!("{:?}", a.variant).to_lowercase(),
         first_step_seconds,
+        first_step_phases,
         train_images_per_second: Spread::of(timing.ips),
         train_ms_per_step: train_ms,
         eval_images_per_second: Spread::of(eval),
@@ -328,7 +353,8 @@ fn kernel_rows(prof: Option<&[KernelTime]>) -> (Vec<KernelRow>, Option<f64>) {
 pub fn print(r: &Report) {
     println!("adapter: {}", r.adapter);
     println!("preset {} batch {} variant {}, {} steps x {} repetitions (median, min-max)", r.preset, r.batch, r.variant, r.steps, r.reps);
-    println!("first step (pipelines + shader compilation): {:.2} s", r.first_step_seconds);
+    let phases: Vec<String> = r.first_step_phases.iter().map(|(p, s)| format!("{p} {s:.2}")).collect();
+    println!("first step: {:.2} s ({} s)", r.first_step_seconds, phases.join(", "));
     println!("training:   {} images/s, {} ms/step", r.train_images_per_second, r.train_ms_per_step);
     println!("evaluation: {} images/s (forward only)", r.eval_images_per_second);
     match r.device_ms_per_step {

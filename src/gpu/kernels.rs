@@ -164,10 +164,15 @@ pub fn naga_module(name: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)
 
 pub struct Kernel {
     pub file: &'static str,
-    /// The pipeline and its bind group layout, built at the entry point's first
-    /// dispatch: a run builds only what its plan uses (on lavapipe the subgroup
-    /// family's kernels take 0.1-0.4 s each to build, even with a warm shader cache).
-    built: OnceLock<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>,
+    /// Its bind group layout, from the shader's declarations (`layout_entry`), so bind
+    /// groups exist before the pipeline does.
+    layout: wgpu::BindGroupLayout,
+    /// The pipeline, built before the first recording of a dispatch that uses it, many
+    /// at a time (`Kernels::build`): a run builds only what it uses, and on lavapipe a
+    /// subgroup kernel takes 0.2-0.5 s to build even with a warm shader cache.
+    built: OnceLock<wgpu::ComputePipeline>,
+    /// How large the entry point's body is (naga expressions): the largest are built first.
+    size: usize,
     /// The buffers the entry point uses other than its uniform `p`: (name, binding).
     pub bindings: Vec<(String, u32)>,
     /// The WGSL struct of its uniform `p` at binding 0.
@@ -176,14 +181,24 @@ pub struct Kernel {
     pub workgroup: u32,
 }
 
-/// What an entry point uses, read from naga's analysis: (name, binding) of every
-/// resource but `p`, and the struct name of `p`.
-fn reflect(module: &naga::Module, info: &naga::valid::ModuleInfo, index: usize) -> (Vec<(String, u32)>, String) {
+/// What an entry point uses, read from naga's analysis.
+struct Reflected {
+    /// (name, binding) of every resource but `p`.
+    bindings: Vec<(String, u32)>,
+    /// The struct name of `p`.
+    uniform: String,
+    /// The bind group layout entries of all its resources, `p` included.
+    entries: Vec<wgpu::BindGroupLayoutEntry>,
+}
+
+fn reflect(module: &naga::Module, info: &naga::valid::ModuleInfo, index: usize) -> Result<Reflected> {
     let uses = info.get_entry_point(index);
     let mut bindings = Vec::new();
     let mut uniform = String::new();
+    let mut entries = Vec::new();
     for (h, var) in module.global_variables.iter() {
         let (Some(b), false) = (&var.binding, uses[h].is_empty()) else { continue };
+        entries.push(layout_entry(module, var, b.binding)?);
         if b.binding == 0 {
             uniform = module.types[var.ty].name.clone().unwrap_or_default();
         } else {
@@ -191,7 +206,55 @@ fn reflect(module: &naga::Module, info: &naga::valid::ModuleInfo, index: usize) 
         }
     }
     bindings.sort_by_key(|(_, b)| *b);
-    (bindings, uniform)
+    entries.sort_by_key(|e| e.binding);
+    Ok(Reflected { bindings, uniform, entries })
+}
+
+/// The layout entry of one declared resource: what `layout: None` would derive, for
+/// the kinds our shaders declare (a uniform, storage buffers, 2-D float textures read
+/// with textureLoad, 2-D storage textures).
+fn layout_entry(module: &naga::Module, var: &naga::GlobalVariable, binding: u32) -> Result<wgpu::BindGroupLayoutEntry> {
+    let name = var.name.as_deref().unwrap_or("?");
+    let ty = match (var.space, &module.types[var.ty].inner) {
+        (naga::AddressSpace::Uniform, _) => {
+            wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None }
+        }
+        (naga::AddressSpace::Storage { access }, _) => wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only: !access.contains(naga::StorageAccess::STORE) },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        (
+            naga::AddressSpace::Handle,
+            naga::TypeInner::Image {
+                dim: naga::ImageDimension::D2,
+                arrayed: false,
+                class: naga::ImageClass::Sampled { kind: naga::ScalarKind::Float, multi: false },
+            },
+        ) => wgpu::BindingType::Texture {
+            sample_type: wgpu::TextureSampleType::Float { filterable: false },
+            view_dimension: wgpu::TextureViewDimension::D2,
+            multisampled: false,
+        },
+        (
+            naga::AddressSpace::Handle,
+            naga::TypeInner::Image { dim: naga::ImageDimension::D2, arrayed: false, class: naga::ImageClass::Storage { format, access } },
+        ) => wgpu::BindingType::StorageTexture {
+            access: if access.contains(naga::StorageAccess::LOAD) {
+                wgpu::StorageTextureAccess::ReadWrite
+            } else {
+                wgpu::StorageTextureAccess::WriteOnly
+            },
+            format: match format {
+                naga::StorageFormat::Rgba32Float => wgpu::TextureFormat::Rgba32Float,
+                naga::StorageFormat::R32Float => wgpu::TextureFormat::R32Float,
+                other => bail!("binding {binding} ({name}): storage texture format {other:?} is not one cvae lays out"),
+            },
+            view_dimension: wgpu::TextureViewDimension::D2,
+        },
+        (space, inner) => bail!("binding {binding} ({name}): {space:?} {inner:?} is not a kind of resource cvae lays out"),
+    };
+    Ok(wgpu::BindGroupLayoutEntry { binding, visibility: wgpu::ShaderStages::COMPUTE, ty, count: None })
 }
 
 /// A shader file's composed source and, once one of its kernels is built, its module.
@@ -207,7 +270,8 @@ pub struct Kernels {
 
 impl Kernels {
     /// Every entry point of every shader file the device can run, validated and
-    /// reflected by naga; pipelines are built at first use (`built`).
+    /// reflected by naga, with their bind group layouts; pipelines are built before
+    /// their first use (`build`).
     pub fn new(gpu: &Gpu) -> Result<Kernels> {
         let (mut files, mut map) = (HashMap::new(), HashMap::new());
         let subgroups = gpu.features.contains(wgpu::Features::SUBGROUP);
@@ -217,9 +281,13 @@ impl Kernels {
             }
             let (module, info) = naga_module(file)?;
             for (i, ep) in module.entry_points.iter().enumerate() {
-                let (bindings, uniform) = reflect(&module, &info, i);
+                let Reflected { bindings, uniform, entries } =
+                    reflect(&module, &info, i).with_context(|| format!("{} (shaders/{file}.wgsl)", ep.name))?;
+                let layout =
+                    gpu.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&ep.name), entries: &entries });
                 let workgroup = ep.workgroup_size[0];
-                map.insert(ep.name.clone(), Kernel { file, built: OnceLock::new(), bindings, uniform, workgroup });
+                let size = ep.function.expressions.len();
+                map.insert(ep.name.clone(), Kernel { file, layout, built: OnceLock::new(), size, bindings, uniform, workgroup });
             }
             files.insert(file, File { source: composed_source(file)?, module: OnceLock::new() });
         }
@@ -230,8 +298,8 @@ impl Kernels {
         self.map.get(entry).ok_or_else(|| anyhow!("no shader entry point named {entry}"))
     }
 
-    /// The pipeline of `entry` and its bind group layout, built now if not yet.
-    pub fn built(&self, gpu: &Gpu, entry: &str) -> Result<&(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
+    /// The pipeline of `entry`, built now if not yet.
+    pub fn built(&self, gpu: &Gpu, entry: &str) -> Result<&wgpu::ComputePipeline> {
         let k = self.get(entry)?;
         let file = &self.files[k.file];
         Ok(k.built.get_or_init(|| {
@@ -239,17 +307,55 @@ impl Kernels {
                 let source = wgpu::ShaderSource::Wgsl(file.source.as_str().into());
                 gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(k.file), source })
             });
-            let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            let layout = gpu.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                 label: Some(entry),
-                layout: None,
+                bind_group_layouts: &[Some(&k.layout)],
+                immediate_size: 0,
+            });
+            gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&layout),
                 module,
                 entry_point: Some(entry),
                 compilation_options: Default::default(),
                 cache: None,
-            });
-            let layout = pipeline.get_bind_group_layout(0);
-            (pipeline, layout)
+            })
         }))
+    }
+
+    /// Build the pipelines of `entries` not built yet, on as many threads as the host
+    /// has cores, largest first: the driver's compiler front end (and, on drivers that
+    /// compile at creation, all of it) runs in parallel. On lavapipe with warm caches
+    /// this is most of a run's start-up.
+    pub fn build(&self, gpu: &Gpu, entries: &[&str]) -> Result<()> {
+        let mut todo: Vec<&str> = Vec::new();
+        for &e in entries {
+            if self.get(e)?.built.get().is_none() && !todo.contains(&e) {
+                todo.push(e);
+            }
+        }
+        todo.sort_by_key(|e| std::cmp::Reverse(self.map[*e].size));
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let work = || {
+            while let Some(e) = todo.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                // Entries were looked up above; `built` cannot fail here.
+                let _ = self.built(gpu, e);
+            }
+        };
+        std::thread::scope(|s| {
+            for _ in 1..threads {
+                s.spawn(work);
+            }
+            work();
+        });
+        gpu.check()
+    }
+
+    /// Build every pipeline `dispatches` use (`build`).
+    pub fn prepare<'d>(&self, gpu: &Gpu, dispatches: impl IntoIterator<Item = &'d Dispatch>) -> Result<()> {
+        let entries: Vec<&str> = dispatches.into_iter().flat_map(|d| d.parts.iter().map(|p| p.entry.as_str())).collect();
+        self.build(gpu, &entries)
     }
 
     pub fn entry_points(&self) -> impl Iterator<Item = &str> {
@@ -319,37 +425,40 @@ impl Kernels {
             };
             entries.push(wgpu::BindGroupEntry { binding: *b, resource });
         }
-        let (pipeline, layout) = self.built(gpu, entry)?;
-        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(entry), layout, entries: &entries });
+        let bind_group =
+            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(entry), layout: &k.layout, entries: &entries });
         Ok(Dispatch {
             entry: entry.to_string(),
             label: String::new(),
             flops: 0.0,
-            parts: vec![Part { entry: entry.to_string(), pipeline: pipeline.clone(), bind_group, grid }],
+            parts: vec![Part { entry: entry.to_string(), bind_group, grid }],
             keep: vec![ubuf],
             keep_textures: Vec::new(),
         })
     }
 
-    /// Record dispatches into one compute pass.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) {
+    /// Record dispatches into one compute pass, building the pipelines they use first
+    /// if need be (`prepare`).
+    pub fn record(&self, gpu: &Gpu, pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) -> Result<()> {
+        self.prepare(gpu, dispatches)?;
         for part in dispatches.iter().flat_map(|d| d.parts.iter()) {
-            pass.set_pipeline(&part.pipeline);
+            pass.set_pipeline(self.built(gpu, &part.entry)?);
             pass.set_bind_group(0, &part.bind_group, &[]);
             pass.dispatch_workgroups(part.grid[0], part.grid[1], part.grid[2]);
         }
+        Ok(())
     }
 
     /// One command buffer holding the dispatches in one compute pass.
-    pub fn encode(&self, gpu: &Gpu, dispatches: &[Dispatch]) -> wgpu::CommandBuffer {
+    pub fn encode(&self, gpu: &Gpu, dispatches: &[Dispatch]) -> Result<wgpu::CommandBuffer> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.record(&mut enc.begin_compute_pass(&Default::default()), dispatches);
-        enc.finish()
+        self.record(gpu, &mut enc.begin_compute_pass(&Default::default()), dispatches)?;
+        Ok(enc.finish())
     }
 
     /// Record, submit and wait: for tests and one-off work, never inside the batch loop.
     pub fn run_now(&self, gpu: &Gpu, dispatches: &[Dispatch]) -> Result<()> {
-        gpu.queue.submit([self.encode(gpu, dispatches)]);
+        gpu.queue.submit([self.encode(gpu, dispatches)?]);
         gpu.wait()
     }
 }
@@ -412,7 +521,7 @@ impl Dispatch {
 /// Nanoseconds of one dispatch by the wall clock: submitted alone and waited for,
 /// less `baseline_ns` (what an empty submission costs; `submit_overhead_ns`).
 pub fn wall_time_ns(gpu: &Gpu, kernels: &Kernels, d: &Dispatch, baseline_ns: f64) -> Result<f64> {
-    let cmd = kernels.encode(gpu, std::slice::from_ref(d));
+    let cmd = kernels.encode(gpu, std::slice::from_ref(d))?;
     let t0 = std::time::Instant::now();
     gpu.queue.submit([cmd]);
     gpu.wait()?;
@@ -464,7 +573,7 @@ pub fn profile(gpu: &Gpu, kernels: &Kernels, dispatches: &[Dispatch]) -> Result<
                 end_of_pass_write_index: Some(2 * i as u32 + 1),
             };
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&d.entry), timestamp_writes: Some(tw) });
-            kernels.record(&mut pass, std::slice::from_ref(d));
+            kernels.record(gpu, &mut pass, std::slice::from_ref(d))?;
         }
         enc.resolve_query_set(&set, 0..count, &resolve, 0);
         gpu.queue.submit([enc.finish()]);
@@ -507,7 +616,6 @@ pub struct Dispatch {
 #[derive(Clone)]
 struct Part {
     entry: String,
-    pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     grid: [u32; 3],
 }

@@ -309,14 +309,21 @@ pub fn tune(gpu: &Gpu, kernels: &Kernels, model: &Model, batch: usize) -> Result
     let offered = offered(gpu);
     // Every kernel once on a batch of 1 first: a driver that compiles at the first
     // dispatch (lavapipe) does it here, so no family is timed with its compilation.
+    // Their pipelines are built together first, in parallel.
+    let mut warm = Vec::new();
     for (l, op) in sites(model) {
         let b = site_buffers(gpu, l, 1, op);
-        let warm: Vec<Dispatch> = offered
+        let ds: Vec<Dispatch> = offered
             .iter()
             .map(|&v| site_dispatch(Ops { gpu, k: kernels, variant: v, packs: None }, l, 1, op, &b))
             .collect::<Result<_>>()?;
-        kernels.run_now(gpu, &warm)?;
+        warm.push((b, ds));
     }
+    kernels.prepare(gpu, warm.iter().flat_map(|w| w.1.iter()))?;
+    for (_, ds) in &warm {
+        kernels.run_now(gpu, ds)?;
+    }
+    drop(warm);
     let base = submit_overhead_ns(gpu)?;
     let mut plan = Plan::default();
     let mut timings = Vec::new();

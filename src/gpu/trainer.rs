@@ -149,6 +149,8 @@ impl<'a> Trainer<'a> {
             if test_tail > 0 { t.build_eval(test_tail)? } else { Vec::new() },
             if fixed_count > 0 { t.net.decode(fixed_count, &Packs::default())? } else { Vec::new() },
         ];
+        // Every pipeline of every list at once, in parallel: the start-up's largest part.
+        t.kernels.prepare(t.gpu, t.lists.iter().flatten())?;
         Ok(t)
     }
 
@@ -207,7 +209,7 @@ impl<'a> Trainer<'a> {
 
     /// Submit one of the prebuilt dispatch lists.
     fn submit_list(&mut self, list: List) -> Result<()> {
-        let cmd = self.kernels.encode(self.gpu, &self.lists[list as usize]);
+        let cmd = self.kernels.encode(self.gpu, &self.lists[list as usize])?;
         self.gpu.check()?;
         let t_submit = Instant::now();
         let idx = self.gpu.queue.submit([cmd]);
