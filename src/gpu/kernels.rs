@@ -334,6 +334,10 @@ impl Kernels {
                 todo.push(e);
             }
         }
+        // `record` asks at every step: with everything built, no threads, no checks.
+        if todo.is_empty() {
+            return Ok(());
+        }
         todo.sort_by_key(|e| std::cmp::Reverse(self.map[*e].size));
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len());
         let next = std::sync::atomic::AtomicUsize::new(0);
