@@ -510,18 +510,18 @@ fn store_part(slice: u32, k: u32, c4: u32, v: vec4<f32>) {
 // (block fastest, row block fastest within it: a 1-channel layer has one block, so its
 // subgroups go to different slices), its lane l channels 4 (8 (W c + v) + l) .. +4 of
 // column block c for v < W. Two forms as conv2d_forward_subgroup: W = 1, 2 (_wide),
-// both of 32 rows (NG = 8 groups of 4): 16-row blocks made the _wide form slower here
-// (each lane's x gathers then feed half as many multiply-adds).
+// both of 32 rows: 16-row blocks made the _wide form slower here (each lane's x
+// gathers then feed half as many multiply-adds).
 // One invocation: part[slice][k, f] = sum over the slice's output pixels m of
 // im2col(x)[m, k] * dy[m, f] for its 32 kernel rows x 4 W channels. Per 8 pixels each
 // lane loads 8 vec4 of x (one pixel each, broadcast to the others) and 8 W of dy.
 // conv2d_backward_kernel_reduce (conv2d.wgsl) adds the slices in order.
-//#forms W:NG:WIDE 1:8: 2:8:_wide
+//#forms W:WIDE 1: 2:_wide
 @compute @workgroup_size(32)
 fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let k_total = p.k_h * p.k_w * p.in_c;
     let f4s = (p.out_c + 3u) / 4u;
-    let row_blocks = (k_total + 4u * {NG}u - 1u) / (4u * {NG}u);
+    let row_blocks = (k_total + 31u) / 32u;
     let blocks = row_blocks * ((f4s + 8u * {W}u - 1u) / (8u * {W}u));
     // Past the last unit an invocation repeats the last one and stores nothing.
     let units = blocks * p.slices;
@@ -533,11 +533,11 @@ fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @
     let col{V} = (block / row_blocks * {W}u + {V}u) * 8u + li % 8u;
     let f4_{V} = min(col{V}, f4s - 1u);
     //#end
-    let r0 = block % row_blocks * 4u * {NG}u;
+    let r0 = block % row_blocks * 32u;
     let plane = p.out_h * p.out_w;
     let m_begin = slice * p.slice_images * plane;
     let m_end = min((slice + 1u) * p.slice_images, p.batch) * plane;
-    //#unroll G {NG}
+    //#unroll G 8
     let rows{G} = kernel_rows(r0 / 4u + {G}u);
     //#unroll C 4
     //#unroll V {W}
@@ -552,7 +552,7 @@ fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @
         pos = advance8(pos);
         // Row groups past K (a kernel of fewer than 32 rows) are skipped: the condition
         // is the same for the whole workgroup, so the branch is a real one.
-        //#unroll G {NG}
+        //#unroll G 8
         var a{G} = vec4<f32>(0.0);
         if 4u * {G}u < k_total { a{G} = gather_x(w, m < m_end, rows{G}); }
         //#end
@@ -560,7 +560,7 @@ fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @
         //#unroll V {W}
         let d{J}_{V} = dy_row(m0 + {J}u, m_end, f4_{V});
         //#end
-        //#unroll G {NG}
+        //#unroll G 8
         if 4u * {G}u < k_total {
             let s{J}{G} = subgroupBroadcast(a{G}, {J}u);
             //#unroll C 4
@@ -573,7 +573,7 @@ fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @
         //#end
     }
     if stores {
-        //#unroll G {NG}
+        //#unroll G 8
         //#unroll C 4
         //#unroll V {W}
         store_part(slice, r0 + 4u * {G}u + {C}u, col{V}, acc{G}{C}_{V});
