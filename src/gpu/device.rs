@@ -129,6 +129,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
+    /// The adapter the device was opened on, for `sibling`.
+    adapter: wgpu::Adapter,
 }
 
 impl Gpu {
@@ -146,6 +148,16 @@ impl Gpu {
             };
             bail!("no adapter for --adapter {} (adapters that exist: {list}).\n{LAVAPIPE_HELP}", format!("{choice:?}").to_lowercase());
         };
+        Gpu::on(adapter)
+    }
+
+    /// A second device on the same adapter, with the same features and limits: its own
+    /// queue, so lavapipe compiles kernels for it on another thread (`Kernels::warm`).
+    pub fn sibling(&self) -> Result<Gpu> {
+        Gpu::on(self.adapter.clone())
+    }
+
+    fn on(adapter: wgpu::Adapter) -> Result<Gpu> {
         let info = adapter.get_info();
         let needed = wgpu::Limits::default();
         let have = adapter.limits();
@@ -173,7 +185,7 @@ impl Gpu {
             let mut slot = f.lock().unwrap_or_else(|p| p.into_inner());
             slot.get_or_insert_with(|| format!("the device was lost ({reason:?}): {msg}"));
         });
-        Ok(Gpu { fault, allocated: Default::default(), device, queue, info, features, limits: needed })
+        Ok(Gpu { fault, allocated: Default::default(), device, queue, info, features, limits: needed, adapter })
     }
 
     pub fn name(&self) -> String {

@@ -419,10 +419,12 @@ impl Kernels {
         }
         let ubuf = gpu.uniform(entry, uniform);
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
+        let mut key = entry.to_string();
         for (name, b) in &k.bindings {
             let resource = if let Some((_, buf)) = buffers.iter().find(|(n, _)| n == name) {
                 buf.as_entire_binding()
             } else if let Some((_, view)) = textures.iter().find(|(n, _)| n == name) {
+                key.push_str(&format!(" {name}:{:?}", view.texture().format()));
                 wgpu::BindingResource::TextureView(view)
             } else {
                 bail!("{entry} (shaders/{}.wgsl) needs a binding named {name}; it binds {}", k.file, names());
@@ -435,7 +437,7 @@ impl Kernels {
             entry: entry.to_string(),
             label: String::new(),
             flops: 0.0,
-            parts: vec![Part { entry: entry.to_string(), bind_group, grid }],
+            parts: vec![Part { entry: entry.to_string(), key, bind_group, grid }],
             keep: vec![ubuf],
             keep_textures: Vec::new(),
         })
@@ -458,6 +460,55 @@ impl Kernels {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         self.record(gpu, &mut enc.begin_compute_pass(&Default::default()), dispatches)?;
         Ok(enc.finish())
+    }
+
+    /// Run each distinct kernel of `dispatches` once, largest first, so that a driver
+    /// that compiles at the first dispatch (lavapipe) has done so before anything is
+    /// timed. lavapipe compiles on the thread of the queue that runs the kernel, one at
+    /// a time, so with a `helper` (a second device on the same adapter: `Gpu::sibling`,
+    /// its `Kernels`, and the same dispatches built there) two threads share the
+    /// compiling. The helper's machine code reaches this device through Mesa's shader
+    /// cache on disk, loaded here by running those kernels once more (without that
+    /// cache they are compiled again: slower, still correct).
+    pub fn warm(&self, gpu: &Gpu, dispatches: &[Dispatch], helper: Option<(&Gpu, &Kernels, &[Dispatch])>) -> Result<()> {
+        let mine: Vec<Dispatch> = dispatches.iter().flat_map(Dispatch::split).collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut todo: Vec<usize> = (0..mine.len()).filter(|&i| seen.insert(mine[i].parts[0].key.clone())).collect();
+        todo.sort_by_key(|&i| std::cmp::Reverse(self.map[&mine[i].entry].size));
+        self.prepare(gpu, dispatches)?;
+        let theirs: Vec<Dispatch> = helper.map(|(_, _, d)| d.iter().flat_map(Dispatch::split).collect()).unwrap_or_default();
+        let same = theirs.len() == mine.len() && theirs.iter().zip(&mine).all(|(a, b)| a.parts[0].key == b.parts[0].key);
+        let helper = match helper {
+            Some((hg, hk, _)) if same => (hg, hk),
+            Some(_) => bail!("Kernels::warm: the helper's dispatches are not the same kernels as this device's"),
+            None => {
+                for &i in &todo {
+                    self.run_now(gpu, std::slice::from_ref(&mine[i]))?;
+                }
+                return Ok(());
+            }
+        };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let claim = || todo.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).copied();
+        let by_helper = std::thread::scope(|s| -> Result<Vec<usize>> {
+            let other = s.spawn(|| -> Result<Vec<usize>> {
+                let (hg, hk) = helper;
+                let mut done = Vec::new();
+                while let Some(i) = claim() {
+                    hk.run_now(hg, std::slice::from_ref(&theirs[i]))?;
+                    done.push(i);
+                }
+                Ok(done)
+            });
+            while let Some(i) = claim() {
+                self.run_now(gpu, std::slice::from_ref(&mine[i]))?;
+            }
+            other.join().map_err(|_| anyhow!("the helper device's warm-up thread panicked"))?
+        })?;
+        for i in by_helper {
+            self.run_now(gpu, std::slice::from_ref(&mine[i]))?;
+        }
+        Ok(())
     }
 
     /// Record, submit and wait: for tests and one-off work, never inside the batch loop.
@@ -620,6 +671,9 @@ pub struct Dispatch {
 #[derive(Clone)]
 struct Part {
     entry: String,
+    /// What llvmpipe compiles one version of machine code for: the entry point and
+    /// the formats of the textures it binds (`Kernels::warm`).
+    key: String,
     bind_group: wgpu::BindGroup,
     grid: [u32; 3],
 }

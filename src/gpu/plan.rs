@@ -309,19 +309,30 @@ pub fn tune(gpu: &Gpu, kernels: &Kernels, model: &Model, batch: usize) -> Result
     let offered = offered(gpu);
     // Every kernel once on a batch of 1 first: a driver that compiles at the first
     // dispatch (lavapipe) does it here, so no family is timed with its compilation.
-    // Their pipelines are built together first, in parallel.
-    let mut warm = Vec::new();
-    for (l, op) in sites(model) {
-        let b = site_buffers(gpu, l, 1, op);
-        let ds: Vec<Dispatch> = offered
-            .iter()
-            .map(|&v| site_dispatch(Ops { gpu, k: kernels, variant: v, packs: None }, l, 1, op, &b))
-            .collect::<Result<_>>()?;
-        warm.push((b, ds));
-    }
-    kernels.prepare(gpu, warm.iter().flat_map(|w| w.1.iter()))?;
-    for (_, ds) in &warm {
-        kernels.run_now(gpu, ds)?;
+    // lavapipe compiles on one thread per device, so on a CPU adapter a second device
+    // compiles half of them (most of a cold start otherwise leaves a core idle).
+    let warm_list = |gpu: &Gpu, kernels: &Kernels| -> Result<(Vec<SiteBuffers>, Vec<Dispatch>)> {
+        let (mut bufs, mut ds) = (Vec::new(), Vec::new());
+        for (l, op) in sites(model) {
+            let b = site_buffers(gpu, l, 1, op);
+            for &v in &offered {
+                ds.push(site_dispatch(Ops { gpu, k: kernels, variant: v, packs: None }, l, 1, op, &b)?);
+            }
+            bufs.push(b);
+        }
+        Ok((bufs, ds))
+    };
+    let (_keep, warm) = warm_list(gpu, kernels)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Without a second device the warm-up is only slower, so failing to open one is no error.
+    let helper = if gpu.info.device_type == wgpu::DeviceType::Cpu && cores > 1 { gpu.sibling().ok() } else { None };
+    match &helper {
+        Some(hg) => {
+            let hk = Kernels::new(hg)?;
+            let (_hkeep, hwarm) = warm_list(hg, &hk)?;
+            kernels.warm(gpu, &warm, Some((hg, &hk, &hwarm)))?;
+        }
+        None => kernels.warm(gpu, &warm, None)?,
     }
     drop(warm);
     let base = submit_overhead_ns(gpu)?;
