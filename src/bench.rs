@@ -137,6 +137,8 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
     }
     let t_start = Instant::now();
     let mut phases = Phases::new();
+    // Decoded on another core while the device opens and the shaders are checked, as `train` does.
+    let data = std::thread::spawn(Dataset::embedded);
     let gpu = Gpu::open(a.adapter)?;
     phases.mark("adapter");
     let kernels = Kernels::new(&gpu)?;
@@ -150,7 +152,7 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
         sandbox(&gpu, &kernels, &model, batch, k, a.layer.as_deref(), a.variant)?;
         return Ok(None);
     }
-    let data = Dataset::embedded()?;
+    let data = data.join().map_err(|_| anyhow!("decoding the built-in MNIST panicked"))??;
     phases.mark("MNIST");
     let (mut train, mut test) = (data.train, data.test);
     let need = batch * (a.steps * a.reps + 3);

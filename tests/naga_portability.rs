@@ -4,7 +4,7 @@
 //! kernels: wgpu's GL backend has no subgroups). Only Vulkan runs here; this is our
 //! guard for the rest.
 
-use cvae::gpu::kernels::{naga_module, SHADER_FILES, SUBGROUP_FILES};
+use cvae::gpu::kernels::{entry_module, naga_module, SHADER_FILES, SUBGROUP_FILES};
 use naga::back::{glsl, hlsl, msl, spv};
 
 #[test]
@@ -49,6 +49,38 @@ fn every_shader_translates_to_every_backend() {
         assert!(shared <= defaults.max_compute_workgroup_storage_size, "shaders/{name}.wgsl uses {shared} bytes of workgroup memory");
     }
     assert!(entry_points >= 20, "only {entry_points} entry points found");
+}
+
+/// What a device is handed is one entry point's module (`entry_module`): each of them
+/// validates on its own and translates to SPIR-V, MSL and HLSL, keeping its bindings.
+#[test]
+fn every_entry_point_module_stands_alone() {
+    for (name, _) in SHADER_FILES {
+        let (module, _) = naga_module(name).unwrap_or_else(|e| panic!("{e:#}"));
+        let caps = if SUBGROUP_FILES.contains(&name) { naga::valid::Capabilities::SUBGROUP } else { naga::valid::Capabilities::empty() };
+        for ep in &module.entry_points {
+            let m = entry_module(&module, &ep.name);
+            let what = format!("shaders/{name}.wgsl entry point {} alone", ep.name);
+            assert_eq!(m.entry_points.len(), 1, "{what}");
+            let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .validate(&m)
+                .unwrap_or_else(|e| panic!("{what} does not validate: {e:?}"));
+            let bindings = |m: &naga::Module| -> Vec<u32> {
+                let mut b: Vec<u32> = m.global_variables.iter().filter_map(|(_, v)| v.binding.as_ref().map(|b| b.binding)).collect();
+                b.sort();
+                b
+            };
+            // Every binding the entry point keeps is one the whole file declares.
+            assert!(bindings(&m).iter().all(|b| bindings(&module).contains(b)), "{what}: bindings changed");
+            spv::write_vec(&m, &info, &spv::Options::default(), None).unwrap_or_else(|e| panic!("{what} -> SPIR-V: {e}"));
+            msl::write_string(&m, &info, &msl::Options::default(), &msl::PipelineOptions::default())
+                .unwrap_or_else(|e| panic!("{what} -> MSL: {e}"));
+            let mut out = String::new();
+            hlsl::Writer::new(&mut out, &hlsl::Options::default(), &hlsl::PipelineOptions::default())
+                .write(&m, &info, None)
+                .unwrap_or_else(|e| panic!("{what} -> HLSL: {e}"));
+        }
+    }
 }
 
 /// Every uniform struct a shader binds has a twin in `src/gpu/uniforms.rs` with the

@@ -162,6 +162,15 @@ pub fn naga_module(name: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)
     Ok((module, info))
 }
 
+/// The module a device gets for one entry point: the file's, with the other entry
+/// points and whatever only they use removed (naga's `compact`).
+pub fn entry_module(module: &naga::Module, entry: &str) -> naga::Module {
+    let mut m = module.clone();
+    m.entry_points.retain(|ep| ep.name == entry);
+    naga::compact::compact(&mut m, naga::compact::KeepUnused::No);
+    m
+}
+
 pub struct Kernel {
     pub file: &'static str,
     /// Its bind group layout, from the shader's declarations (`layout_entry`), so bind
@@ -257,10 +266,9 @@ fn layout_entry(module: &naga::Module, var: &naga::GlobalVariable, binding: u32)
     Ok(wgpu::BindGroupLayoutEntry { binding, visibility: wgpu::ShaderStages::COMPUTE, ty, count: None })
 }
 
-/// A shader file's composed source and, once one of its kernels is built, its module.
+/// A shader file as naga parsed and validated it.
 struct File {
-    source: String,
-    module: OnceLock<wgpu::ShaderModule>,
+    module: naga::Module,
 }
 
 pub struct Kernels {
@@ -273,13 +281,14 @@ impl Kernels {
     /// reflected by naga, with their bind group layouts; pipelines are built before
     /// their first use (`build`).
     pub fn new(gpu: &Gpu) -> Result<Kernels> {
-        let (mut files, mut map) = (HashMap::new(), HashMap::new());
         let subgroups = gpu.features.contains(wgpu::Features::SUBGROUP);
-        for (file, _) in SHADER_FILES {
-            if SUBGROUP_FILES.contains(&file) && !subgroups {
-                continue;
-            }
+        let mut todo: Vec<&'static str> =
+            SHADER_FILES.iter().map(|(f, _)| *f).filter(|f| subgroups || !SUBGROUP_FILES.contains(f)).collect();
+        // Parsing is most of a warm start's single-threaded part: files on every core, largest first.
+        todo.sort_by_key(|f| std::cmp::Reverse(SHADER_FILES.iter().find(|(n, _)| n == f).map_or(0, |(_, src)| src.len())));
+        let one = |file: &'static str| -> Result<(File, Vec<(String, Kernel)>)> {
             let (module, info) = naga_module(file)?;
+            let mut kernels = Vec::new();
             for (i, ep) in module.entry_points.iter().enumerate() {
                 let Reflected { bindings, uniform, entries } =
                     reflect(&module, &info, i).with_context(|| format!("{} (shaders/{file}.wgsl)", ep.name))?;
@@ -287,9 +296,38 @@ impl Kernels {
                     gpu.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&ep.name), entries: &entries });
                 let workgroup = ep.workgroup_size[0];
                 let size = ep.function.expressions.len();
-                map.insert(ep.name.clone(), Kernel { file, layout, built: OnceLock::new(), size, bindings, uniform, workgroup });
+                kernels.push((ep.name.clone(), Kernel { file, layout, built: OnceLock::new(), size, bindings, uniform, workgroup }));
             }
-            files.insert(file, File { source: composed_source(file)?, module: OnceLock::new() });
+            Ok((File { module }, kernels))
+        };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let work = || {
+            let mut done = Vec::new();
+            while let Some(&f) = todo.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                done.push((f, one(f)));
+            }
+            done
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len());
+        let results = std::thread::scope(|s| {
+            let others: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+            let mut all = work();
+            for h in others {
+                all.extend(h.join().unwrap_or_default());
+            }
+            all
+        });
+        let (mut files, mut map) = (HashMap::new(), HashMap::new());
+        let mut results = results;
+        // The first error in file order, whichever thread met it first.
+        results.sort_by_key(|(f, _)| SHADER_FILES.iter().position(|(n, _)| n == f));
+        for (f, r) in results {
+            let (file, kernels) = r?;
+            files.insert(f, file);
+            map.extend(kernels);
+        }
+        if files.len() != todo.len() {
+            bail!("a thread checking the shaders panicked");
         }
         Ok(Kernels { files, map })
     }
@@ -303,10 +341,12 @@ impl Kernels {
         let k = self.get(entry)?;
         let file = &self.files[k.file];
         Ok(k.built.get_or_init(|| {
-            let module = file.module.get_or_init(|| {
-                let source = wgpu::ShaderSource::Wgsl(file.source.as_str().into());
-                gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(k.file), source })
-            });
+            // A module of this entry point alone, from naga's IR: wgpu does not parse the
+            // WGSL again, the driver reads only this kernel's SPIR-V, and no building
+            // thread waits for another to finish a whole file's module (the subgroup
+            // file's took 0.25 s, and its kernels are the ones built first).
+            let source = wgpu::ShaderSource::Naga(std::borrow::Cow::Owned(entry_module(&file.module, entry)));
+            let module = &gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(entry), source });
             let layout = gpu.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                 label: Some(entry),
                 bind_group_layouts: &[Some(&k.layout)],
