@@ -7,19 +7,24 @@
 use cvae::gpu::kernels::{entry_module, naga_module, SHADER_FILES, SUBGROUP_FILES};
 use naga::back::{glsl, hlsl, msl, spv};
 
+/// Write `module` as SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12), or fail naming `what`.
+fn to_spirv_msl_hlsl(module: &naga::Module, info: &naga::valid::ModuleInfo, what: &str) {
+    spv::write_vec(module, info, &spv::Options::default(), None).unwrap_or_else(|e| panic!("{what} -> SPIR-V: {e}"));
+    msl::write_string(module, info, &msl::Options::default(), &msl::PipelineOptions::default())
+        .unwrap_or_else(|e| panic!("{what} -> MSL: {e}"));
+    let mut out = String::new();
+    hlsl::Writer::new(&mut out, &hlsl::Options::default(), &hlsl::PipelineOptions::default())
+        .write(module, info, None)
+        .unwrap_or_else(|e| panic!("{what} -> HLSL: {e}"));
+}
+
 #[test]
 fn every_shader_translates_to_every_backend() {
     let defaults = wgpu::Limits::default();
     let mut entry_points = 0;
     for (name, _) in SHADER_FILES {
         let (module, info) = naga_module(name).unwrap_or_else(|e| panic!("{e:#}"));
-        spv::write_vec(&module, &info, &spv::Options::default(), None).unwrap_or_else(|e| panic!("shaders/{name}.wgsl -> SPIR-V: {e}"));
-        msl::write_string(&module, &info, &msl::Options::default(), &msl::PipelineOptions::default())
-            .unwrap_or_else(|e| panic!("shaders/{name}.wgsl -> MSL: {e}"));
-        let mut hlsl_out = String::new();
-        hlsl::Writer::new(&mut hlsl_out, &hlsl::Options::default(), &hlsl::PipelineOptions::default())
-            .write(&module, &info, None)
-            .unwrap_or_else(|e| panic!("shaders/{name}.wgsl -> HLSL: {e}"));
+        to_spirv_msl_hlsl(&module, &info, &format!("shaders/{name}.wgsl"));
         for ep in &module.entry_points {
             entry_points += 1;
             // wgpu's GL backend offers no subgroups, so those kernels never meet GLSL.
@@ -72,13 +77,7 @@ fn every_entry_point_module_stands_alone() {
             };
             // Every binding the entry point keeps is one the whole file declares.
             assert!(bindings(&m).iter().all(|b| bindings(&module).contains(b)), "{what}: bindings changed");
-            spv::write_vec(&m, &info, &spv::Options::default(), None).unwrap_or_else(|e| panic!("{what} -> SPIR-V: {e}"));
-            msl::write_string(&m, &info, &msl::Options::default(), &msl::PipelineOptions::default())
-                .unwrap_or_else(|e| panic!("{what} -> MSL: {e}"));
-            let mut out = String::new();
-            hlsl::Writer::new(&mut out, &hlsl::Options::default(), &hlsl::PipelineOptions::default())
-                .write(&m, &info, None)
-                .unwrap_or_else(|e| panic!("{what} -> HLSL: {e}"));
+            to_spirv_msl_hlsl(&m, &info, &what);
         }
     }
 }
