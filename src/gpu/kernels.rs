@@ -171,6 +171,31 @@ pub fn entry_module(module: &naga::Module, entry: &str) -> naga::Module {
     m
 }
 
+/// `f` of every item, on as many threads as the host has cores, each thread taking the
+/// next item in order (so put the longest first); the results in the items' order.
+fn on_every_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Result<Vec<R>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(item) = items.get(i) else { return done };
+            done.push((i, f(item)));
+        }
+    };
+    let mut all = std::thread::scope(|s| -> Result<Vec<(usize, R)>> {
+        let others: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mut all = work();
+        for h in others {
+            all.extend(h.join().map_err(|_| anyhow!("a worker thread panicked"))?);
+        }
+        Ok(all)
+    })?;
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, r)| r).collect())
+}
+
 pub struct Kernel {
     pub file: &'static str,
     /// Its bind group layout, from the shader's declarations (`layout_entry`), so bind
@@ -300,34 +325,15 @@ impl Kernels {
             }
             Ok((File { module }, kernels))
         };
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let work = || {
-            let mut done = Vec::new();
-            while let Some(&f) = todo.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
-                done.push((f, one(f)));
-            }
-            done
-        };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len());
-        let results = std::thread::scope(|s| {
-            let others: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-            let mut all = work();
-            for h in others {
-                all.extend(h.join().unwrap_or_default());
-            }
-            all
-        });
-        let (mut files, mut map) = (HashMap::new(), HashMap::new());
-        let mut results = results;
+        let results = on_every_core(&todo, |&f| one(f)).context("checking the shaders")?;
+        let mut results: Vec<_> = todo.iter().zip(results).collect();
         // The first error in file order, whichever thread met it first.
-        results.sort_by_key(|(f, _)| SHADER_FILES.iter().position(|(n, _)| n == f));
-        for (f, r) in results {
+        results.sort_by_key(|(f, _)| SHADER_FILES.iter().position(|(n, _)| n == *f));
+        let (mut files, mut map) = (HashMap::new(), HashMap::new());
+        for (&f, r) in results {
             let (file, kernels) = r?;
             files.insert(f, file);
             map.extend(kernels);
-        }
-        if files.len() != todo.len() {
-            bail!("a thread checking the shaders panicked");
         }
         Ok(Kernels { files, map })
     }
@@ -379,20 +385,11 @@ impl Kernels {
             return Ok(());
         }
         todo.sort_by_key(|e| std::cmp::Reverse(self.map[*e].size));
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len());
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let work = || {
-            while let Some(e) = todo.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
-                // Entries were looked up above; `built` cannot fail here.
-                let _ = self.built(gpu, e);
-            }
-        };
-        std::thread::scope(|s| {
-            for _ in 1..threads {
-                s.spawn(work);
-            }
-            work();
-        });
+        // Entries were looked up above; `built` cannot fail here.
+        on_every_core(&todo, |e| {
+            let _ = self.built(gpu, e);
+        })
+        .context("building pipelines")?;
         gpu.check()
     }
 
