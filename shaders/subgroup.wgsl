@@ -25,34 +25,26 @@
 @group(0) @binding(6) var<storage, read_write> y4: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> dx4: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> part4: array<vec4<f32>>;
-@group(0) @binding(9) var<storage, read> rows4: array<vec4<f32>>;
 @group(0) @binding(10) var xtex: texture_2d<f32>;
 @group(0) @binding(11) var dytex: texture_2d<f32>;
-@group(0) @binding(12) var scalars_out: texture_storage_2d<r32float, write>;
-// A ReLU layer's output: where it is not positive, the gradient is zero.
-@group(0) @binding(13) var<storage, read> mask4: array<vec4<f32>>;
 
-// A matrix of vec4 rows sits in a texture folded into column blocks of FOLD rows (a
-// texture side is at most 8192); measured faster here than row-major for the big
-// layers. A vector of scalars (an activation whose channels do not come in fours)
-// sits row-major, wrapped at FOLD texels, so neighbours stay neighbours. FOLD is a
-// power of two: a lane finds its texel with a shift and a mask (src/gpu/ops.rs:
-// TEXTURE_FOLD).
-const FOLD_SHIFT: u32 = 12u;
-const FOLD: u32 = 4096u;
+// A texture holds its matrix (vec4 rows, rgba32float) or vector (r32float) in the
+// order of the buffer it was copied from, wrapped at rows of 8192 texels (the most a
+// texture side may have; src/gpu/ops.rs: TEXTURE_ROW): a lane finds its texel with a
+// shift and a mask.
 
-// The texel of row k, vec4 column c4 of a folded matrix with `cols4` vec4 columns.
+// The texel of row k, vec4 column c4 of a matrix with `cols4` vec4 columns.
 fn texel(k: u32, c4: u32, cols4: u32) -> vec2<u32> {
-    return vec2<u32>(c4 + cols4 * (k >> FOLD_SHIFT), k & (FOLD - 1u));
+    return texel1(k * cols4 + c4);
 }
 
-// The texel of element i of a vector of scalars.
+// The texel of element i of a vector.
 fn texel1(i: u32) -> vec2<u32> {
-    return vec2<u32>(i & (FOLD - 1u), i >> FOLD_SHIFT);
+    return vec2<u32>(i & 8191u, i >> 13u);
 }
 
-// Element i of an activation whose channels do not come in fours: pack_rows put it in
-// an r32float texture, one element a texel (a vector gather, as for the vec4 rows).
+// Element i of an activation whose channels do not come in fours, copied into an
+// r32float texture, one element a texel (a vector gather, as for the vec4 rows).
 fn x_at(i: u32) -> f32 { return textureLoad(xtex, texel1(i), 0).x; }
 fn dy_at(i: u32) -> f32 { return textureLoad(dytex, texel1(i), 0).x; }
 
@@ -133,31 +125,18 @@ fn pack_weights_transposed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
     textureStore(wtex_out, texel(t * p.out_c + f, idx % c4s, c4s), v);
 }
 
-// Bindings: p, rows4, wtex_out. Grid: one invocation per row.
-// One invocation: row r of an activation of p.batch rows of p.in_c vec4s (pixels x
-// channels) into a texture, so the GEMM kernels read it through a texture (a vector
-// gather in llvmpipe) instead of per-lane storage loads. A loop over the row, not an
-// invocation per texel: finding a texel's row would take a vector integer division.
-@compute @workgroup_size(WG)
-fn pack_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let r = linear_id(wid, nwg, lid);
-    if r >= p.batch { return; }
-    for (var c4 = 0u; c4 < p.in_c; c4++) {
-        textureStore(wtex_out, texel(r, c4, p.in_c), rows4[r * p.in_c + c4]);
-    }
-}
-
-// Bindings: p, rows4 (dy), mask4 (y), wtex_out, part4. Grid: one invocation per vec4
-// column and block of RELU_ROWS rows.
+// Bindings: p, dytex (a copy of dy), xtex (a copy of y), dx4, part4. Grid: one
+// invocation per vec4 column and block of RELU_ROWS rows.
 // One invocation: rows 64 j .. 64 j + 64, vec4 column c4 of a ReLU layer's output
 // gradient dy (p.batch rows of p.in_c vec4s), zero where the layer's output y is not
-// positive, into a texture as pack_rows does (dy's buffer keeps its values, so the
-// layer's gradient kernels must read the texture), and their sum into row j of part4:
-// the bias gradient's partial sums, which bias_backward adds up. One pass over dy
-// where the mask, the packing and the bias gradient took three.
+// positive, into dx4 (dy's buffer: masked in place), and their sum into row j of part4:
+// the bias gradient's partial sums, which bias_backward adds up. One pass where the
+// mask and the bias gradient took two; both operands through textures (per-lane
+// storage loads took 5 times as long); a copy then takes the masked dy to the texture
+// the layer's gradient kernels read.
 const RELU_ROWS: u32 = 64u;
 @compute @workgroup_size(WG)
-fn relu_pack_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn relu_mask_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let idx = linear_id(wid, nwg, lid);
     let blocks = (p.batch + RELU_ROWS - 1u) / RELU_ROWS;
     if idx >= blocks * p.in_c { return; }
@@ -165,25 +144,12 @@ fn relu_pack_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let c4 = idx % p.in_c;
     var sum = vec4<f32>(0.0);
     for (var r = j * RELU_ROWS; r < min((j + 1u) * RELU_ROWS, p.batch); r++) {
-        let i = r * p.in_c + c4;
-        let d = select(vec4<f32>(0.0), rows4[i], mask4[i] > vec4<f32>(0.0));
-        textureStore(wtex_out, texel(r, c4, p.in_c), d);
+        let t = texel(r, c4, p.in_c);
+        let d = select(vec4<f32>(0.0), textureLoad(dytex, t, 0), textureLoad(xtex, t, 0) > vec4<f32>(0.0));
+        dx4[r * p.in_c + c4] = d;
         sum += d;
     }
     part4[idx] = sum;
-}
-
-// Bindings: p, rows4, scalars_out. Grid: one invocation per 4 elements.
-// One invocation: elements 4 i .. 4 i + 4 of an activation of p.batch elements whose
-// channels do not come in fours, one per texel of an r32float texture.
-@compute @workgroup_size(WG)
-fn pack_scalars(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_id(wid, nwg, lid);
-    if 4u * i >= p.batch { return; }
-    let v = rows4[i];
-    for (var q = 0u; q < 4u; q++) {
-        if 4u * i + q < p.batch { textureStore(scalars_out, texel1(4u * i + q), vec4<f32>(v[q], 0.0, 0.0, 0.0)); }
-    }
 }
 
 // Kernel rows 4 k4 .. 4 k4 + 4 as taps (ti, tj) and channels c, and whether each row
@@ -607,7 +573,7 @@ fn narrow_dots(v: vec4<f32>, wt: mat4x4<f32>, n: u32) -> vec4<f32> {
     return o;
 }
 
-// Bindings: p, xtex (pack_rows), wtex (pack_weights), params, y4. Grid: ceil(B * OH * OW / 128)
+// Bindings: p, xtex (a copy of x), wtex (pack_weights), params, y4. Grid: ceil(B * OH * OW / 128)
 // workgroups of 4 subgroups; subgroup s owns output pixels 32 (4 gx + s) .. +32.
 // One subgroup: y = act(bias + im2col(x) kernel) for its 32 pixels and all out_c <= 4
 // channels; lane l sums input channels 4 (l + 8 j) .. +4 of every tap, then subgroupAdd.
@@ -645,7 +611,7 @@ fn conv2d_forward_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
     //#end
 }
 
-// Bindings: p, dytex (pack_rows), wtex (pack_weights_transposed), params, dx4. Grid:
+// Bindings: p, dytex (a copy of dy), wtex (pack_weights_transposed), params, dx4. Grid:
 // ceil(B * rows of the phase * ceil(columns of the phase / 32) / 4) workgroups, one
 // dispatch per phase of the stride (as conv2d_backward_input_subgroup).
 // One subgroup: dx = act(bias + sum over the phase's taps and f of dy * kernel) for a
@@ -704,4 +670,200 @@ fn conv2d_backward_input_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(l
     let s{I} = subgroupAdd(acc{I});
     if lane == {I}u % 8u { store_dx(b, iy, p.phase_x + p.stride * (qx0 + {I}u), stores && qx0 + {I}u < ph.n.y, 0u, finish(s{I}, bias)); }
     //#end
+}
+
+// ---------------------------------------------------------------------------
+// One fine-side channel (an image: a decoder's last layer, an encoder's first), a
+// kernel of at most 3 x 3 (src/gpu/ops.rs: `thin`). The forward and the kernel
+// gradient then have 9 reduction rows, where the kernels above fill 32; the input
+// gradient's strips above add across lanes. Here the input gradient's lanes work
+// alone on blocks of pixels, and the other two broadcast a window of 9 taps.
+
+// The weights of phase tap (ty, tx) for output channels 4 f4 .. +4 of the one input
+// channel: kernel [kh, kw, 1, F] at (i0.x + stride ty, i0.y + stride tx); zero past the
+// phase's taps.
+fn thin_weight(ph: Phase, ty: u32, tx: u32, f4: u32) -> vec4<f32> {
+    let ky = min(ph.i0.x + p.stride * ty, p.k_h - 1u);
+    let kx = min(ph.i0.y + p.stride * tx, p.k_w - 1u);
+    let at = p.w_off + (ky * p.k_w + kx) * p.out_c + 4u * f4;
+    let w = vec4<f32>(params[at], params[at + 1u], params[at + 2u], params[at + 3u]);
+    return select(vec4<f32>(0.0), w, ty < ph.taps.x && tx < ph.taps.y);
+}
+
+// Four neighbouring pixels of a row, from the six dy texels v0 .. v5 that the row's
+// three tap columns reach: pixel j meets v(j + 2 - tx) through tap column tx (w_tx).
+fn thin_row(v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>, v4: vec4<f32>, v5: vec4<f32>,
+            w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(v2, w0) + dot(v1, w1) + dot(v0, w2), dot(v3, w0) + dot(v2, w1) + dot(v1, w2),
+                     dot(v4, w0) + dot(v3, w1) + dot(v2, w2), dot(v5, w0) + dot(v4, w1) + dot(v3, w2));
+}
+
+// Bindings: p, dytex (a copy of dy), params, dx4. Grid: one invocation per block of
+// 4 x 4 pixels of the phase of one image; one dispatch per phase of the stride.
+// One invocation: dx = act(bias + sum over the phase's taps and f of dy * kernel) for
+// its 16 pixels. Per 4 channels of dy it loads the 6 x 6 texels its block's taps reach
+// (once for all of them) and the 9 taps' weights: 36 loads for 576 multiply-adds.
+@compute @workgroup_size(WG)
+fn conv2d_backward_input_thin(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let ph = phase();
+    let f4s = p.out_c / 4u;
+    let blocks = (ph.n + 3u) / 4u;
+    let idx = linear_id(wid, nwg, lid);
+    if idx >= p.batch * blocks.x * blocks.y { return; }
+    let b = idx / (blocks.x * blocks.y);
+    let qy0 = (idx / blocks.y) % blocks.x * 4u;
+    let qx0 = idx % blocks.y * 4u;
+    // Coarse row R of the block's reach: oy = e.x + qy0 + R - 2; pixel row I meets
+    // R = I + 2 - ty through tap row ty (columns likewise).
+    //#unroll R 6
+    let oy{R} = i32(ph.e.x + qy0 + {R}u) - 2;
+    let ox{R} = i32(ph.e.y + qx0 + {R}u) - 2;
+    let row_ok{R} = oy{R} >= 0 && oy{R} < i32(p.out_h);
+    let col_ok{R} = ox{R} >= 0 && ox{R} < i32(p.out_w);
+    let row{R} = (b * p.out_h + u32(max(oy{R}, 0))) * p.out_w;
+    //#end
+    //#unroll I 4
+    var acc{I} = vec4<f32>(0.0);
+    //#end
+    for (var f4 = 0u; f4 < f4s; f4++) {
+        //#unroll T 3
+        let w{T}0 = thin_weight(ph, {T}u, 0u, f4);
+        let w{T}1 = thin_weight(ph, {T}u, 1u, f4);
+        let w{T}2 = thin_weight(ph, {T}u, 2u, f4);
+        //#end
+        //#unroll R 6
+        //#unroll S 6
+        let ok{R}{S} = row_ok{R} && col_ok{S};
+        let v{R}_{S} = select(vec4<f32>(0.0), textureLoad(dytex, texel(select(0u, row{R} + u32(max(ox{S}, 0)), ok{R}{S}), f4, f4s), 0), ok{R}{S});
+        //#end
+        //#end
+        //#unroll I 4
+        acc{I} += thin_row(v{I+2}_0, v{I+2}_1, v{I+2}_2, v{I+2}_3, v{I+2}_4, v{I+2}_5, w00, w01, w02)
+                + thin_row(v{I+1}_0, v{I+1}_1, v{I+1}_2, v{I+1}_3, v{I+1}_4, v{I+1}_5, w10, w11, w12)
+                + thin_row(v{I}_0, v{I}_1, v{I}_2, v{I}_3, v{I}_4, v{I}_5, w20, w21, w22);
+        //#end
+    }
+    let bias = bias4(0u, 1u);
+    //#unroll I 4
+    let out{I} = finish(acc{I}, bias);
+    //#unroll J 4
+    if qy0 + {I}u < ph.n.x && qx0 + {J}u < ph.n.y {
+        let m = (b * p.in_h + p.phase_y + p.stride * (qy0 + {I}u)) * p.in_w + p.phase_x + p.stride * (qx0 + {J}u);
+        dx4[m / 4u][m % 4u] = out{I}[{J}];
+    }
+    //#end
+    //#end
+}
+
+// The weights of kernel tap (ky, kx) for output channels 4 f4 .. +4 of the one input
+// channel (kernel [kh, kw, 1, F]); zero past the kernel.
+fn thin_tap(ky: u32, kx: u32, f4: u32) -> vec4<f32> {
+    let at = p.w_off + (min(ky, p.k_h - 1u) * p.k_w + min(kx, p.k_w - 1u)) * p.out_c + 4u * f4;
+    let w = vec4<f32>(params[at], params[at + 1u], params[at + 2u], params[at + 3u]);
+    return select(vec4<f32>(0.0), w, ky < p.k_h && kx < p.k_w);
+}
+
+// x (one channel, a copy in an r32float texture) at tap (ky, kx) of the window `w`
+// (see `window`), zero outside the image or the kernel.
+fn thin_x(w: vec3<i32>, ky: u32, kx: u32) -> f32 {
+    let iy = w.y + i32(ky);
+    let ix = w.z + i32(kx);
+    let ok = ky < p.k_h && kx < p.k_w && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+    return select(0.0, x_at(select(0u, (u32(w.x) + u32(iy)) * p.in_w + u32(ix), ok)), ok);
+}
+
+// Bindings: p, xtex (a copy of x), params, y4. Grid: (ceil(F / 32), ceil(B * OH * OW
+// / 128)) workgroups of 4 subgroups; subgroup s of workgroup (gx, gy) owns output
+// pixels 32 (4 gy + s) .. +32, its lane l channels 4 (8 gx + l) .. +4. Needs C == 1,
+// F % 4 == 0 and a kernel of at most 3 x 3 (src/gpu/ops.rs: `thin`).
+// One invocation: y = act(bias + im2col(x) kernel) for its 32 pixels x 4 channels; its
+// taps' weights stay in registers. Per 8 pixels each lane loads the window of one
+// (a texel per tap), and subgroupBroadcast hands it to the others.
+@compute @workgroup_size(32)
+fn conv2d_forward_thin(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let f4s = p.out_c / 4u;
+    let col = wg.x * 8u + lane;
+    let f4 = min(col, f4s - 1u);
+    let m_total = p.batch * p.out_h * p.out_w;
+    //#unroll KY 3
+    //#unroll KX 3
+    let w{KY}{KX} = thin_tap({KY}u, {KX}u, f4);
+    //#end
+    //#end
+    let bias = bias4(f4, p.out_c);
+    let m0 = (wg.y * 4u + li / 8u) * 32u;
+    var pos = coarse_pos(min(m0 + lane, m_total - 1u));
+    for (var j0 = 0u; j0 < 32u; j0 += 8u) {
+        let w = window(pos);
+        pos = advance8(pos);
+        //#unroll KY 3
+        //#unroll KX 3
+        let x{KY}{KX} = thin_x(w, {KY}u, {KX}u);
+        //#end
+        //#end
+        //#unroll J 8
+        {
+            var acc = vec4<f32>(0.0);
+            //#unroll KY 3
+            //#unroll KX 3
+            acc = fma(vec4<f32>(subgroupBroadcast(x{KY}{KX}, {J}u)), w{KY}{KX}, acc);
+            //#end
+            //#end
+            let m = m0 + j0 + {J}u;
+            if m < m_total && col < f4s { y4[m * f4s + f4] = finish(acc, bias); }
+        }
+        //#end
+    }
+}
+
+// Bindings: p, xtex (a copy of x), dytex (a copy of dy), part4. Grid: (ceil(F / 32),
+// ceil(slices / 4)) workgroups of 4 subgroups; subgroup s of workgroup (gx, gy) takes
+// slice 4 gy + s, its lane l channels 4 (8 gx + l) .. +4.
+// One invocation: part[slice][tap, f] = sum over the slice's output pixels m of
+// x(window(m) + tap) * dy[m, f] for every tap and its 4 channels. Per 8 pixels each
+// lane loads the window of one (subgroupBroadcast hands it to the others) and its
+// channels of dy at all 8. conv2d_backward_kernel_reduce (conv2d.wgsl) adds the slices.
+@compute @workgroup_size(32)
+fn conv2d_backward_kernel_thin(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let f4s = p.out_c / 4u;
+    let col = wg.x * 8u + lane;
+    let f4 = min(col, f4s - 1u);
+    let stores = wg.y * 4u + li / 8u < p.slices;
+    let slice = min(wg.y * 4u + li / 8u, p.slices - 1u);
+    let plane = p.out_h * p.out_w;
+    let m_begin = slice * p.slice_images * plane;
+    let m_end = min((slice + 1u) * p.slice_images, p.batch) * plane;
+    //#unroll KY 3
+    //#unroll KX 3
+    var acc{KY}{KX} = vec4<f32>(0.0);
+    //#end
+    //#end
+    var pos = coarse_pos(m_begin + lane);
+    for (var m0 = m_begin; m0 < m_end; m0 += 8u) {
+        let w = window(pos);
+        pos = advance8(pos);
+        let live = m0 + lane < m_end;
+        //#unroll KY 3
+        //#unroll KX 3
+        let x{KY}{KX} = select(0.0, thin_x(w, {KY}u, {KX}u), live);
+        //#end
+        //#end
+        //#unroll J 8
+        {
+            let d = dy_row(m0 + {J}u, m_end, f4);
+            //#unroll KY 3
+            //#unroll KX 3
+            acc{KY}{KX} = fma(vec4<f32>(subgroupBroadcast(x{KY}{KX}, {J}u)), d, acc{KY}{KX});
+            //#end
+            //#end
+        }
+        //#end
+    }
+    if stores && col < f4s {
+        //#unroll KY 3
+        //#unroll KX 3
+        if {KY}u < p.k_h && {KX}u < p.k_w { store_part(slice, {KY}u * p.k_w + {KX}u, col, acc{KY}{KX}); }
+        //#end
+        //#end
+    }
 }

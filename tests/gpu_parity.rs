@@ -107,6 +107,14 @@ fn conv_cases(transpose: bool) -> Vec<ConvGeom> {
             (2, 3, 37, 8, 1, 5, 1, Padding::Same),
             (2, 6, 37, 1, 8, 5, 1, Padding::Valid),
             (1, 4, 35, 2, 4, 5, 2, Padding::Same),
+            // One fine-side channel (the subgroup family's _thin kernels): blocks of
+            // 4 x 4 pixels cut by odd sides, 36 channels (a second, partial block of
+            // 32), a 2 x 2 kernel, both strides and paddings; the last is the
+            // Conv2DTranspose form (36 channels in, one out, by phases).
+            (1, 7, 9, 1, 36, 3, 2, Padding::Same),
+            (3, 5, 6, 1, 4, 2, 1, Padding::Valid),
+            (2, 10, 11, 1, 8, 3, 1, Padding::Same),
+            (1, 4, 5, 36, 1, 3, 2, Padding::Same),
         ],
     ));
     for preset in [Preset::TfCvae, Preset::KerasVae] {
@@ -375,10 +383,10 @@ fn relu_backward_and_bias_backward() {
     }
 }
 
-/// The subgroup family's ReLU backward (relu_pack_rows): dy masked into the texture the
-/// layer's gradient kernels read, the bias gradient from partial sums over blocks of 64
-/// rows, dy's buffer left as it was. A Dense kernel gradient through the same `Packs`
-/// reads the texture. Bias: `rows` values summed; kernel gradient: `rows` products.
+/// The subgroup family's ReLU backward (relu_mask_rows): dy masked in place and copied
+/// into the texture the layer's gradient kernels read, the bias gradient from partial
+/// sums over blocks of 64 rows. A Dense kernel gradient through the same `Packs` reads
+/// the texture. Bias: `rows` values summed; kernel gradient: `rows` products.
 #[test]
 fn relu_bias_backward_subgroup_masks_packs_and_sums() {
     if !subgroup_offered() {
@@ -402,7 +410,7 @@ fn relu_bias_backward_subgroup_masks_packs_and_sums() {
             o.dense_backward_kernel(rows, inputs, channels, &xb, &dyb, gw).unwrap(),
         ]);
         let masked = cpu::relu_backward(&dy, &y);
-        let what = format!("relu_pack_rows rows {rows} channels {channels}");
+        let what = format!("relu_mask_rows rows {rows} channels {channels}");
         let grads = read(&gb, p.buf.len());
         let (db_ref, db_mag) = (cpu::bias_backward(&masked, channels), cpu::bias_backward(&abs_vec(&masked), channels));
         let eb = assert_within(&format!("{what}: bias"), &grads[p.b_off..p.b_off + channels], &db_ref, &dot_bound(rows, &db_mag));
@@ -414,7 +422,7 @@ fn relu_bias_backward_subgroup_masks_packs_and_sums() {
             &dk_ref,
             &dot_bound(rows, &dk_mag),
         );
-        assert_eq!(read(&dyb, rows * channels), dy, "{what}: dy's buffer must keep its values");
+        assert_eq!(read(&dyb, rows * channels), masked, "{what}: dy's buffer must hold the masked dy");
         eprintln!("PARITY {what}: bias max abs {:.2e} rel {:.2e}; kernel max abs {:.2e} rel {:.2e}", eb.0, eb.1, ek.0, ek.1);
     }
 }

@@ -395,7 +395,8 @@ impl Kernels {
 
     /// Build every pipeline `dispatches` use (`build`).
     pub fn prepare<'d>(&self, gpu: &Gpu, dispatches: impl IntoIterator<Item = &'d Dispatch>) -> Result<()> {
-        let entries: Vec<&str> = dispatches.into_iter().flat_map(|d| d.parts.iter().map(|p| p.entry.as_str())).collect();
+        let entries: Vec<&str> =
+            dispatches.into_iter().flat_map(|d| d.parts.iter().filter(|p| p.is_kernel()).map(|p| p.entry.as_str())).collect();
         self.build(gpu, &entries)
     }
 
@@ -474,28 +475,93 @@ impl Kernels {
             entry: entry.to_string(),
             label: String::new(),
             flops: 0.0,
-            parts: vec![Part { entry: entry.to_string(), key, bind_group, grid }],
+            parts: vec![Part { entry: entry.to_string(), key, work: Work::Kernel { bind_group, grid } }],
             keep: vec![ubuf],
             keep_textures: Vec::new(),
         })
     }
 
-    /// Record dispatches into one compute pass, building the pipelines they use first
-    /// if need be (`prepare`).
-    pub fn record(&self, gpu: &Gpu, pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) -> Result<()> {
+    /// Record dispatches in order, building the pipelines they use first if need be
+    /// (`prepare`): each run of kernels in one compute pass, a copy between passes.
+    pub fn record(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, dispatches: &[Dispatch]) -> Result<()> {
+        self.record_timed(gpu, enc, dispatches, None)
+    }
+
+    /// `record`, with timestamps `stamps` = (set, i): query i where the first pass
+    /// begins and i + 1 where the last one ends (an empty pass if there are only copies).
+    fn record_timed(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        dispatches: &[Dispatch],
+        stamps: Option<(&wgpu::QuerySet, u32)>,
+    ) -> Result<()> {
         self.prepare(gpu, dispatches)?;
-        for part in dispatches.iter().flat_map(|d| d.parts.iter()) {
-            pass.set_pipeline(self.built(gpu, &part.entry)?);
-            pass.set_bind_group(0, &part.bind_group, &[]);
-            pass.dispatch_workgroups(part.grid[0], part.grid[1], part.grid[2]);
+        let parts: Vec<&Part> = dispatches.iter().flat_map(|d| d.parts.iter()).collect();
+        let first = parts.iter().position(|p| p.is_kernel());
+        let last = parts.iter().rposition(|p| p.is_kernel());
+        if first.is_none() {
+            if let Some((set, q)) = stamps {
+                let tw = wgpu::ComputePassTimestampWrites {
+                    query_set: set,
+                    beginning_of_pass_write_index: Some(q),
+                    end_of_pass_write_index: Some(q + 1),
+                };
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: Some(tw) });
+            }
+        }
+        let mut i = 0;
+        while i < parts.len() {
+            if let Work::Copy(c) = &parts[i].work {
+                c.record(enc);
+                i += 1;
+                continue;
+            }
+            let end = (i..parts.len()).find(|&j| !parts[j].is_kernel()).unwrap_or(parts.len());
+            let tw = stamps.map(|(set, q)| wgpu::ComputePassTimestampWrites {
+                query_set: set,
+                beginning_of_pass_write_index: (Some(i) == first).then_some(q),
+                end_of_pass_write_index: (Some(end - 1) == last).then_some(q + 1),
+            });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: tw });
+            for part in &parts[i..end] {
+                if let Work::Kernel { bind_group, grid } = &part.work {
+                    pass.set_pipeline(self.built(gpu, &part.entry)?);
+                    pass.set_bind_group(0, bind_group, &[]);
+                    pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+                }
+            }
+            i = end;
         }
         Ok(())
     }
 
-    /// One command buffer holding the dispatches in one compute pass.
+    /// A copy of the first `texels` texels' bytes of `buffer` into `texture`, row after
+    /// row of `width` texels: how an activation reaches the texture the subgroup kernels
+    /// read (lavapipe copies 10 MB in 0.3 ms, where a kernel storing the texels took 11).
+    pub fn copy_to_texture(&self, buffer: &wgpu::Buffer, texture: &wgpu::Texture, texels: usize, width: usize) -> Result<Dispatch> {
+        let bytes = texture.format().block_copy_size(None).ok_or_else(|| anyhow!("{:?} has no texel size", texture.format()))?;
+        let copy = TexCopy {
+            buffer: buffer.clone(),
+            texture: texture.clone(),
+            texels: u32::try_from(texels)?,
+            width: u32::try_from(width)?,
+            bytes,
+        };
+        Ok(Dispatch {
+            entry: "copy_buffer_to_texture".to_string(),
+            label: String::new(),
+            flops: 0.0,
+            parts: vec![Part { entry: "copy_buffer_to_texture".to_string(), key: String::new(), work: Work::Copy(copy) }],
+            keep: Vec::new(),
+            keep_textures: Vec::new(),
+        })
+    }
+
+    /// One command buffer holding the dispatches.
     pub fn encode(&self, gpu: &Gpu, dispatches: &[Dispatch]) -> Result<wgpu::CommandBuffer> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        self.record(gpu, &mut enc.begin_compute_pass(&Default::default()), dispatches)?;
+        self.record(gpu, &mut enc, dispatches)?;
         Ok(enc.finish())
     }
 
@@ -508,12 +574,15 @@ impl Kernels {
     /// cache on disk, loaded here by running those kernels once more (without that
     /// cache they are compiled again: slower, still correct).
     pub fn warm(&self, gpu: &Gpu, dispatches: &[Dispatch], helper: Option<(&Gpu, &Kernels, &[Dispatch])>) -> Result<()> {
-        let mine: Vec<Dispatch> = dispatches.iter().flat_map(Dispatch::split).collect();
+        // Copies compile nothing.
+        let kernels_of =
+            |d: &[Dispatch]| -> Vec<Dispatch> { d.iter().flat_map(Dispatch::split).filter(|d| d.parts[0].is_kernel()).collect() };
+        let mine = kernels_of(dispatches);
         let mut seen = std::collections::HashSet::new();
         let mut todo: Vec<usize> = (0..mine.len()).filter(|&i| seen.insert(mine[i].parts[0].key.clone())).collect();
         todo.sort_by_key(|&i| std::cmp::Reverse(self.map[&mine[i].entry].size));
         self.prepare(gpu, dispatches)?;
-        let theirs: Vec<Dispatch> = helper.map(|(_, _, d)| d.iter().flat_map(Dispatch::split).collect()).unwrap_or_default();
+        let theirs: Vec<Dispatch> = helper.map(|(_, _, d)| kernels_of(d)).unwrap_or_default();
         let same = theirs.len() == mine.len() && theirs.iter().zip(&mine).all(|(a, b)| a.parts[0].key == b.parts[0].key);
         let helper = match helper {
             Some((hg, hk, _)) if same => (hg, hk),
@@ -634,9 +703,10 @@ pub fn submit_overhead_ns(gpu: &Gpu) -> Result<f64> {
     Ok(v[2])
 }
 
-/// Time each dispatch with timestamp queries: each in its own pass with a
-/// beginning and end timestamp. Returns nanoseconds per dispatch. Needs
-/// `Features::TIMESTAMP_QUERY`; None when the device lacks it.
+/// Time each dispatch with timestamp queries: a timestamp where its first pass
+/// begins and one where its last ends (copies before its first kernel are not
+/// covered). Returns nanoseconds per dispatch. Needs `Features::TIMESTAMP_QUERY`;
+/// None when the device lacks it.
 ///
 /// Mesa 22.3's lavapipe stops covering the work with its timestamps once a kernel
 /// that writes a storage texture has run (a 70 ms dispatch then reads 0.05 ms), so
@@ -659,13 +729,7 @@ pub fn profile(gpu: &Gpu, kernels: &Kernels, dispatches: &[Dispatch]) -> Result<
         });
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         for (i, d) in chunk.iter().enumerate() {
-            let tw = wgpu::ComputePassTimestampWrites {
-                query_set: &set,
-                beginning_of_pass_write_index: Some(2 * i as u32),
-                end_of_pass_write_index: Some(2 * i as u32 + 1),
-            };
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&d.entry), timestamp_writes: Some(tw) });
-            kernels.record(gpu, &mut pass, std::slice::from_ref(d))?;
+            kernels.record_timed(gpu, &mut enc, std::slice::from_ref(d), Some((&set, 2 * i as u32)))?;
         }
         enc.resolve_query_set(&set, 0..count, &resolve, 0);
         gpu.queue.submit([enc.finish()]);
@@ -704,15 +768,63 @@ pub struct Dispatch {
     keep_textures: Vec<wgpu::Texture>,
 }
 
-/// One compute dispatch of an op.
+/// One compute dispatch of an op, or a copy into a texture.
 #[derive(Clone)]
 struct Part {
     entry: String,
     /// What llvmpipe compiles one version of machine code for: the entry point and
     /// the formats of the textures it binds (`Kernels::warm`).
     key: String,
-    bind_group: wgpu::BindGroup,
-    grid: [u32; 3],
+    work: Work,
+}
+
+#[derive(Clone)]
+enum Work {
+    Kernel { bind_group: wgpu::BindGroup, grid: [u32; 3] },
+    Copy(TexCopy),
+}
+
+impl Part {
+    fn is_kernel(&self) -> bool {
+        matches!(self.work, Work::Kernel { .. })
+    }
+}
+
+/// `texels` texels from the start of `buffer` into `texture`, `width` a texture row.
+#[derive(Clone)]
+struct TexCopy {
+    buffer: wgpu::Buffer,
+    texture: wgpu::Texture,
+    texels: u32,
+    width: u32,
+    /// Bytes a texel.
+    bytes: u32,
+}
+
+impl TexCopy {
+    /// The whole rows, then what is left of the last one.
+    fn record(&self, enc: &mut wgpu::CommandEncoder) {
+        let rows = self.texels / self.width;
+        let rest = self.texels % self.width;
+        let row_bytes = self.width * self.bytes;
+        for (y, width, height) in [(0, self.width, rows), (rows, rest, 1)] {
+            if width == 0 || height == 0 {
+                continue;
+            }
+            let layout =
+                wgpu::TexelCopyBufferLayout { offset: (y * row_bytes) as u64, bytes_per_row: Some(row_bytes), rows_per_image: None };
+            enc.copy_buffer_to_texture(
+                wgpu::TexelCopyBufferInfo { buffer: &self.buffer, layout },
+                wgpu::TexelCopyTextureInfo {
+                    texture: &self.texture,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d { x: 0, y, z: 0 },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -25,9 +25,11 @@ fn images_within_loop_budget(h: usize, w: usize) -> usize {
     (LOOP_BUDGET / (1 + h + h * w)).max(1)
 }
 
-/// Rows per column block of a matrix texture, texels per row of a vector texture
-/// (subgroup.wgsl: FOLD).
-pub const TEXTURE_FOLD: usize = 4096;
+/// Texels per row of every texture the subgroup kernels read (subgroup.wgsl: `texel`,
+/// `texel1`), wgpu's default limit on a texture's side: texel i of a matrix or vector
+/// at (i % width, i / width), the buffer's bytes in order, so a copy fills it (its rows
+/// of 32 or 128 KiB are a multiple of the 256 bytes a buffer-to-texture copy needs).
+pub const TEXTURE_ROW: usize = 8192;
 
 /// One phase of a strided input gradient: its uniform (the phase set), and its input
 /// pixels per image as rows x columns.
@@ -49,6 +51,12 @@ fn phases(g: &ConvGeom, un0: ConvUniform) -> Vec<PhaseGrid> {
     })
     .filter(|ph| ph.rows * ph.cols > 0)
     .collect()
+}
+
+/// Where the subgroup family's `_thin` kernels serve a conv: one fine-side channel,
+/// coarse-side channels in fours, a kernel of at most 3 x 3.
+fn thin(g: &ConvGeom) -> bool {
+    g.in_c == 1 && g.out_c.is_multiple_of(4) && g.k_h <= 3 && g.k_w <= 3
 }
 
 /// From this many output channels on, the subgroup kernels' `_wide` forms (each lane
@@ -370,26 +378,23 @@ impl Ops<'_> {
         Ok(Some(main.then(reduce).keeping(part)))
     }
 
-    /// A texture holding a `rows` x 4 `cols4` matrix as rgba32float texels, folded into
-    /// column blocks of `TEXTURE_FOLD` rows (subgroup.wgsl's `texel`).
+    /// A texture holding a `rows` x 4 `cols4` matrix as rgba32float texels, row after
+    /// row (`TEXTURE_ROW`).
     fn matrix_texture(&self, rows: usize, cols4: usize) -> Result<(wgpu::Texture, wgpu::TextureView)> {
-        self.texture(rows, cols4, wgpu::TextureFormat::Rgba32Float)
+        self.texture(rows * cols4, wgpu::TextureFormat::Rgba32Float)
     }
 
-    /// A folded texture of `rows` x `cols` texels of `format`.
-    fn texture(&self, rows: usize, cols4: usize, format: wgpu::TextureFormat) -> Result<(wgpu::Texture, wgpu::TextureView)> {
+    /// A texture of `texels` texels of `format` in rows of `TEXTURE_ROW`.
+    fn texture(&self, texels: usize, format: wgpu::TextureFormat) -> Result<(wgpu::Texture, wgpu::TextureView)> {
         let max = self.gpu.limits.max_texture_dimension_2d as usize;
+        let row = TEXTURE_ROW;
         // Power-of-two sides: llvmpipe compiles a kernel once per combination of its
-        // textures' power-of-two-ness. A vector (one column) is row-major, wrapped at
-        // TEXTURE_FOLD texels; a matrix is folded into column blocks of that many rows.
-        let (width, height) = if cols4 == 1 && format == wgpu::TextureFormat::R32Float {
-            (rows.clamp(1, TEXTURE_FOLD).next_power_of_two(), rows.div_ceil(TEXTURE_FOLD).max(1).next_power_of_two())
-        } else {
-            let folds = rows.div_ceil(TEXTURE_FOLD).max(1);
-            ((cols4 * folds).next_power_of_two(), rows.clamp(1, TEXTURE_FOLD).next_power_of_two())
-        };
-        if width.max(height) > max {
-            bail!("a {rows} x {} matrix does not fit a {max} x {max} texture", 4 * cols4);
+        // textures' power-of-two-ness.
+        let (width, height) = (texels.clamp(1, row).next_power_of_two(), texels.div_ceil(row).max(1).next_power_of_two());
+        if height > max {
+            bail!(
+                "{texels} texels of {format:?} need {height} rows of {row}: more than a {max} x {max} texture holds; use a smaller batch"
+            );
         }
         let tex = self.gpu.device.create_texture(&wgpu::TextureDescriptor {
             label: Some("matrix"),
@@ -398,23 +403,22 @@ impl Ops<'_> {
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
             format,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
             view_formats: &[],
         });
         let view = tex.create_view(&Default::default());
         Ok((tex, view))
     }
 
-    /// Pack an activation of `rows` pixels x `channels` into a texture for the subgroup
-    /// kernels: vec4 rows (pack_rows) when the channels come in fours, else one element
-    /// per texel of an r32float texture (pack_scalars). The dispatch keeps it alive. No
-    /// dispatch when this list already packed it (`Packs`).
-    fn pack_rows(&self, buf: &wgpu::Buffer, rows: usize, channels: usize) -> Result<(Option<Dispatch>, wgpu::TextureView)> {
+    /// Copy an activation of `rows` pixels x `channels` into a texture for the subgroup
+    /// kernels: rgba32float when the channels come in fours, else r32float. The dispatch
+    /// keeps it alive. No dispatch when this list already packed it (`Packs`).
+    fn texture_of(&self, buf: &wgpu::Buffer, rows: usize, channels: usize) -> Result<(Option<Dispatch>, wgpu::TextureView)> {
         let same = |p: &&Packed| p.buf == *buf && p.rows == rows && p.channels == channels;
         if let Some(hit) = self.packs.and_then(|p| p.0.borrow().iter().find(same).map(|p| p.view.clone())) {
             return Ok((None, hit));
         }
-        let (d, view) = self.pack_rows_now(buf, rows, channels)?;
+        let (d, view) = self.copied_to_texture(buf, rows, channels)?;
         if let Some(p) = self.packs {
             p.0.borrow_mut().push(Packed { buf: buf.clone(), rows, channels, view: view.clone() });
         }
@@ -422,12 +426,12 @@ impl Ops<'_> {
     }
 
     /// The backward pass of a ReLU layer's bias in the subgroup family: dy (`rows` x
-    /// `channels`, channels in fours) masked where the layer output `y` is not positive
-    /// and packed into the texture the layer's gradient kernels read (relu_pack_rows,
-    /// which leaves dy's buffer unmasked), with partial sums of its columns over blocks
-    /// of rows that bias_backward adds into `grads` at `b_off`. Needs a `Packs`, whose textures
-    /// those kernels read; both must run in the subgroup family. None where this does
-    /// not apply (the caller masks dy in place instead).
+    /// `channels`, channels in fours) masked in place where the layer output `y` is not
+    /// positive, with partial sums of its columns over blocks of rows that bias_backward
+    /// adds into `grads` at `b_off` (relu_mask_rows, reading copies of dy and y), then
+    /// copied into the texture the layer's gradient kernels read. Needs a `Packs`, whose textures those kernels read;
+    /// both must run in the subgroup family. None where this does not apply (the caller
+    /// masks dy in place instead).
     pub fn relu_bias_backward_subgroup(
         &self,
         rows: usize,
@@ -441,38 +445,32 @@ impl Ops<'_> {
         if !channels.is_multiple_of(4) {
             return Ok(None);
         }
-        let (tex, view) = self.matrix_texture(rows, channels / 4)?;
         const RELU_ROWS: usize = 64; // subgroup.wgsl
         let blocks = rows.div_ceil(RELU_ROWS);
         let part = self.gpu.zeros("bias partial sums", blocks * channels);
         let un = ConvUniform { batch: u(rows), in_c: u(channels / 4), ..Default::default() };
-        let pack = self.k.dispatch_grid(
-            self.gpu,
-            "relu_pack_rows",
-            &un,
-            &[("rows4", dy), ("mask4", y), ("part4", &part)],
-            &[("wtex_out", &view)],
-            grid_1d(blocks * channels / 4),
-        )?;
+        let (y_copy, y_view) = self.texture_of(y, rows, channels)?;
+        let (dy_copy, dy_view) = self.copied_to_texture(dy, rows, channels)?;
+        let buffers = [("dx4", dy), ("part4", &part)];
+        let textures = [("dytex", &dy_view), ("xtex", &y_view)];
+        let mask = self.k.dispatch_grid(self.gpu, "relu_mask_rows", &un, &buffers, &textures, grid_1d(blocks * channels / 4))?;
         let bias = self.bias_backward(blocks, channels, &part, grads, b_off)?;
+        let (copy, view) = self.copied_to_texture(dy, rows, channels)?;
         let mut list = packs.0.borrow_mut();
         list.retain(|p| p.buf != *dy);
         list.push(Packed { buf: dy.clone(), rows, channels, view });
-        Ok(Some(pack.keeping_texture(tex).then(bias).keeping(part)))
+        let first = y_copy.into_iter().fold(dy_copy, Dispatch::then);
+        Ok(Some(first.then(mask).then(copy).then(bias).keeping(part).named("relu_mask_rows")))
     }
 
-    fn pack_rows_now(&self, buf: &wgpu::Buffer, rows: usize, channels: usize) -> Result<(Dispatch, wgpu::TextureView)> {
-        if channels.is_multiple_of(4) {
-            let (tex, view) = self.matrix_texture(rows, channels / 4)?;
-            let un = ConvUniform { batch: u(rows), in_c: u(channels / 4), ..Default::default() };
-            let d = self.k.dispatch_grid(self.gpu, "pack_rows", &un, &[("rows4", buf)], &[("wtex_out", &view)], grid_1d(rows))?;
-            return Ok((d.keeping_texture(tex), view));
-        }
-        let n = rows * channels;
-        let (tex, view) = self.texture(n, 1, wgpu::TextureFormat::R32Float)?;
-        let un = ConvUniform { batch: u(n), ..Default::default() };
-        let d =
-            self.k.dispatch_grid(self.gpu, "pack_scalars", &un, &[("rows4", buf)], &[("scalars_out", &view)], grid_1d(n.div_ceil(4)))?;
+    fn copied_to_texture(&self, buf: &wgpu::Buffer, rows: usize, channels: usize) -> Result<(Dispatch, wgpu::TextureView)> {
+        let (format, texels) = if channels.is_multiple_of(4) {
+            (wgpu::TextureFormat::Rgba32Float, rows * channels / 4)
+        } else {
+            (wgpu::TextureFormat::R32Float, rows * channels)
+        };
+        let (tex, view) = self.texture(texels, format)?;
+        let d = self.k.copy_to_texture(buf, &tex, texels, TEXTURE_ROW)?;
         Ok((d.keeping_texture(tex), view))
     }
 
@@ -492,7 +490,7 @@ impl Ops<'_> {
     }
 
     /// conv2d_forward_subgroup on conv geometry `g`, after pack_weights fills its
-    /// weight texture and pack_rows its input texture; conv2d_forward_narrow (the lanes
+    /// weight texture and a copy its input texture; conv2d_forward_narrow (the lanes
     /// splitting the input channels instead) for at most 4 output channels.
     fn forward_subgroup(
         &self,
@@ -503,6 +501,14 @@ impl Ops<'_> {
         bias: bool,
         y: &wgpu::Buffer,
     ) -> Result<Dispatch> {
+        if thin(g) {
+            let un = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
+            let grid = [u(g.out_c.div_ceil(32)), u((g.batch * g.out_h * g.out_w).div_ceil(128)), 1];
+            let (copy, xview) = self.texture_of(x, g.in_len(), 1)?;
+            let buffers = [("params", w.params), ("y4", y)];
+            let main = self.k.dispatch_grid(self.gpu, "conv2d_forward_thin", &un, &buffers, &[("xtex", &xview)], grid)?;
+            return Ok(copy.into_iter().fold(main, |d, c| d.after(c)));
+        }
         let narrow = g.out_c <= 4 && g.in_c.is_multiple_of(4);
         let wide = !narrow && g.out_c >= WIDE_CHANNELS && g.in_c.is_multiple_of(4);
         let (entry, cols4) = if narrow {
@@ -514,7 +520,7 @@ impl Ops<'_> {
         };
         let un = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
         let (packw, wview) = self.packed_weights("pack_weights", &un, w, g.k_h * g.k_w * g.in_c, cols4)?;
-        let (pack, xview) = self.pack_rows(x, g.in_len() / g.in_c, g.in_c)?;
+        let (pack, xview) = self.texture_of(x, g.in_len() / g.in_c, g.in_c)?;
         let buffers = [("params", w.params), ("y4", y)];
         let grid = subgroup_grid(narrow, wide, cols4, g.batch * g.out_h * g.out_w);
         let main = self.k.dispatch_grid(self.gpu, entry, &un, &buffers, &[("wtex", &wview), ("xtex", &xview)], grid)?;
@@ -522,7 +528,7 @@ impl Ops<'_> {
     }
 
     /// conv2d_backward_input_subgroup on conv geometry `g`, one dispatch per phase of
-    /// the stride, after pack_weights_transposed and pack_rows fill its textures;
+    /// the stride, after pack_weights_transposed and a copy fill its textures;
     /// conv2d_backward_input_narrow (the lanes splitting the output channels instead)
     /// for at most 4 input channels.
     fn backward_input_subgroup(
@@ -534,6 +540,9 @@ impl Ops<'_> {
         bias: bool,
         dx: &wgpu::Buffer,
     ) -> Result<Dispatch> {
+        if thin(g) {
+            return self.backward_input_thin(g, dy, w, relu, bias, dx);
+        }
         let narrow = g.in_c <= 4 && g.out_c.is_multiple_of(4);
         let wide = !narrow && g.in_c >= WIDE_CHANNELS && g.out_c.is_multiple_of(4);
         let (entry, cols4) = match (narrow, wide) {
@@ -543,7 +552,7 @@ impl Ops<'_> {
         };
         let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
         let (packw, wview) = self.packed_weights("pack_weights_transposed", &un0, w, g.k_h * g.k_w * g.out_c, cols4)?;
-        let (pack, dyview) = self.pack_rows(dy, g.out_len() / g.out_c, g.out_c)?;
+        let (pack, dyview) = self.texture_of(dy, g.out_len() / g.out_c, g.out_c)?;
         let mut d = pack.into_iter().fold(packw, Dispatch::then);
         for ph in phases(g, un0) {
             let buffers = [("params", w.params), ("dx4", dx)];
@@ -559,9 +568,54 @@ impl Ops<'_> {
         Ok(d.named(entry))
     }
 
+    /// conv2d_backward_kernel_thin on conv geometry `g` (`thin`): partial sums over
+    /// slices of the batch (at least 64 where the batch allows), then their reduction.
+    fn backward_kernel_thin(&self, g: &ConvGeom, x: &wgpu::Buffer, dy: &wgpu::Buffer, grads: Weights<'_>) -> Result<Dispatch> {
+        let plane = g.out_h * g.out_w;
+        let images = g.batch.div_ceil(64).min(LOOP_BUDGET / plane).max(1);
+        let slices = g.batch.div_ceil(images);
+        let part = self.gpu.zeros("partial kernel gradients", slices * g.kernel_len());
+        let un = ConvUniform { slice_images: u(images), slices: u(slices), ..ConvUniform::new(g, grads, false) };
+        let (xcopy, xview) = self.texture_of(x, g.in_len(), 1)?;
+        let (copy, dyview) = self.texture_of(dy, g.out_len() / g.out_c, g.out_c)?;
+        let grid = [u(g.out_c.div_ceil(32)), u(slices.div_ceil(4)), 1];
+        let textures = [("xtex", &xview), ("dytex", &dyview)];
+        let main = self.k.dispatch_grid(self.gpu, "conv2d_backward_kernel_thin", &un, &[("part4", &part)], &textures, grid)?;
+        let main = copy.into_iter().chain(xcopy).fold(main, |d, c| d.after(c));
+        let reduce_buffers = [("grads", grads.params), ("partial_sums", &part)];
+        let reduce = self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", &un, &reduce_buffers, g.kernel_len())?;
+        Ok(main.then(reduce).keeping(part).named("conv2d_backward_kernel_thin"))
+    }
+
+    /// conv2d_backward_input_thin on conv geometry `g` (`thin`), one dispatch per phase.
+    fn backward_input_thin(
+        &self,
+        g: &ConvGeom,
+        dy: &wgpu::Buffer,
+        w: Weights<'_>,
+        relu: bool,
+        bias: bool,
+        dx: &wgpu::Buffer,
+    ) -> Result<Dispatch> {
+        let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
+        let (copy, dyview) = self.texture_of(dy, g.out_len() / g.out_c, g.out_c)?;
+        let mut parts: Vec<Dispatch> = copy.into_iter().collect();
+        for ph in phases(g, un0) {
+            let blocks = g.batch * ph.rows.div_ceil(4) * ph.cols.div_ceil(4);
+            let buffers = [("params", w.params), ("dx4", dx)];
+            let textures = [("dytex", &dyview)];
+            parts.push(self.k.dispatch_grid(self.gpu, "conv2d_backward_input_thin", &ph.un, &buffers, &textures, grid_1d(blocks))?);
+        }
+        let first = parts.remove(0);
+        Ok(parts.into_iter().fold(first, Dispatch::then).named("conv2d_backward_input_thin"))
+    }
+
     /// conv2d_backward_kernel_subgroup on conv geometry `g`: partial sums over slices of
     /// the batch, enough of them to give every core work, then their reduction in order.
     fn backward_kernel_subgroup(&self, g: &ConvGeom, x: &wgpu::Buffer, dy: &wgpu::Buffer, grads: Weights<'_>) -> Result<Dispatch> {
+        if thin(g) {
+            return self.backward_kernel_thin(g, x, dy, grads);
+        }
         let (rows, cols4) = (g.k_h * g.k_w * g.in_c, g.out_c.div_ceil(4));
         let wide = g.out_c >= WIDE_CHANNELS && g.in_c.is_multiple_of(4) && g.out_c.is_multiple_of(4);
         let blocks = cols4.div_ceil(subgroup_cols4(wide)) * rows.div_ceil(32);
@@ -576,7 +630,7 @@ impl Ops<'_> {
         let mut first: Vec<Dispatch> = Vec::new();
         let mut views = Vec::new();
         for (buf, len, channels) in [(x, g.in_len(), g.in_c), (dy, g.out_len(), g.out_c)] {
-            let (pack, v) = self.pack_rows(buf, len / channels, channels)?;
+            let (pack, v) = self.texture_of(buf, len / channels, channels)?;
             first.extend(pack);
             views.push(v);
         }

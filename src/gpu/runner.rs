@@ -133,7 +133,7 @@ impl<'a> Runner<'a> {
                 let s = StepUniform { step: (k0 + j) as u32, batch_start: first as u32, ..Default::default() };
                 self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&s));
                 let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-                self.kernels.record(self.gpu, &mut enc.begin_compute_pass(&Default::default()), &list)?;
+                self.kernels.record(self.gpu, &mut enc, &list)?;
                 let (at, len) = ((j * n * 4) as u64, (n * 4) as u64);
                 enc.copy_buffer_to_buffer(self.net.ce(), 0, &ce_all, at, len);
                 enc.copy_buffer_to_buffer(self.net.kl(), 0, &kl_all, at, len);
