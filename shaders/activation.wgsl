@@ -67,3 +67,31 @@ fn bias_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         }
     }
 }
+
+// Bindings: p, dy4, grads. Grid: one invocation per 4 channels (channels % 4 == 0), else
+// one per channel. For fewer rows than a workgroup has invocations (src/gpu/ops.rs
+// chooses), where bias_backward's tree would leave most of them idle and still pay
+// for its barriers (15 ms on lavapipe for the keras-vae's 16 x 3136 bias).
+// One invocation: grads[b_off + c] = sum over rows of dy[row, c], the rows in order.
+@compute @workgroup_size(WG)
+fn bias_backward_columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g = linear_id(wid, nwg, lid);
+    let wide = p.channels % 4u == 0u;
+    let c0 = select(g, 4u * g, wide);
+    if c0 >= p.channels { return; }
+    var acc = vec4<f32>(0.0);
+    for (var r = 0u; r < p.rows; r++) {
+        let i = r * p.channels + c0;
+        if wide {
+            acc += dy4[i / 4u];
+        } else {
+            acc.x += dy4[i / 4u][i % 4u];
+        }
+    }
+    grads[p.b_off + c0] = acc.x;
+    if wide {
+        grads[p.b_off + c0 + 1u] = acc.y;
+        grads[p.b_off + c0 + 2u] = acc.z;
+        grads[p.b_off + c0 + 3u] = acc.w;
+    }
+}

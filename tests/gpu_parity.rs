@@ -355,12 +355,13 @@ fn dense_cases(variant: Variant) {
     }
 }
 
-/// relu_backward is exact (a select); bias_backward sums `rows` values.
+/// relu_backward is exact (a select); bias_backward sums `rows` values (fewer than 64
+/// rows: bias_backward_columns; 64 and more: the tree).
 #[test]
 fn relu_backward_and_bias_backward() {
     let o = ops();
     let gpu = &ctx().gpu;
-    for &(rows, channels) in &[(1, 1), (7, 3), (100 * 28 * 28, 32), (100, 1568), (3, 12544)] {
+    for &(rows, channels) in &[(1, 1), (7, 3), (100 * 28 * 28, 32), (100, 1568), (3, 12544), (16, 3136), (63, 5), (64, 8)] {
         let y: Vec<f32> = rand_vec(rows * channels, 200, 1.0).iter().map(|v| v.max(0.0)).collect();
         let dy = rand_vec(rows * channels, 201, 1.0);
         let (yb, dyb) = (gpu.upload("y", &y), gpu.upload("dy", &dy));

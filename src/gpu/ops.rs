@@ -866,8 +866,13 @@ impl Ops<'_> {
     /// (per channel when they do not come in fours).
     pub fn bias_backward(&self, rows: usize, channels: usize, dy: &wgpu::Buffer, grads: &wgpu::Buffer, b_off: usize) -> Result<Dispatch> {
         let u = ActUniform { rows: u(rows), channels: u(channels), b_off: u(b_off), ..Default::default() };
-        let groups = if channels.is_multiple_of(4) { channels / 4 } else { channels };
-        self.k.dispatch_groups(self.gpu, "bias_backward", &u, &[("dy4", dy), ("grads", grads)], groups)
+        let columns = if channels.is_multiple_of(4) { channels / 4 } else { channels };
+        let buffers = [("dy4", dy), ("grads", grads)];
+        // Fewer rows than a workgroup: one invocation per column, no tree (activation.wgsl).
+        if rows < super::kernels::WORKGROUP as usize {
+            return self.k.dispatch(self.gpu, "bias_backward_columns", &u, &buffers, columns);
+        }
+        self.k.dispatch_groups(self.gpu, "bias_backward", &u, &buffers, columns)
     }
 
     fn loss_uniform(batch: usize, pixels: usize, recon_scale: f32) -> LossUniform {
