@@ -28,8 +28,8 @@
 @group(0) @binding(10) var xtex: texture_2d<f32>;
 @group(0) @binding(11) var dytex: texture_2d<f32>;
 
-// A texture holds its matrix (vec4 rows, rgba32float) or vector (r32float) in the
-// order of the buffer it was copied from, wrapped at rows of 8192 texels (the most a
+// A texture (rgba32float) holds its matrix of vec4 rows, or its vector of scalars four
+// a texel, in the order of the buffer it was copied from, wrapped at rows of 8192 texels (the most a
 // texture side may have; src/gpu/ops.rs: TEXTURE_ROW): a lane finds its texel with a
 // shift and a mask.
 
@@ -38,15 +38,15 @@ fn texel(k: u32, c4: u32, cols4: u32) -> vec2<u32> {
     return texel1(k * cols4 + c4);
 }
 
-// The texel of element i of a vector.
+// Texel i.
 fn texel1(i: u32) -> vec2<u32> {
     return vec2<u32>(i & 8191u, i >> 13u);
 }
 
-// Element i of an activation whose channels do not come in fours, copied into an
-// r32float texture, one element a texel (a vector gather, as for the vec4 rows).
-fn x_at(i: u32) -> f32 { return textureLoad(xtex, texel1(i), 0).x; }
-fn dy_at(i: u32) -> f32 { return textureLoad(dytex, texel1(i), 0).x; }
+// Element i of an activation whose channels do not come in fours (a vector gather, as
+// for the vec4 rows).
+fn x_at(i: u32) -> f32 { return textureLoad(xtex, texel1(i >> 2u), 0)[i & 3u]; }
+fn dy_at(i: u32) -> f32 { return textureLoad(dytex, texel1(i >> 2u), 0)[i & 3u]; }
 
 // The bias of channels 4 c4 .. 4 c4 + 4 of `n` (zero when p.bias == 0). Loaded once
 // per invocation: a load between the row stores would be repeated for every row.
@@ -763,7 +763,7 @@ fn thin_tap(ky: u32, kx: u32, f4: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), w, ky < p.k_h && kx < p.k_w);
 }
 
-// x (one channel, a copy in an r32float texture) at tap (ky, kx) of the window `w`
+// x (one channel) at tap (ky, kx) of the window `w`
 // (see `window`), zero outside the image or the kernel.
 fn thin_x(w: vec3<i32>, ky: u32, kx: u32) -> f32 {
     let iy = w.y + i32(ky);

@@ -381,11 +381,8 @@ impl Ops<'_> {
     /// A texture holding a `rows` x 4 `cols4` matrix as rgba32float texels, row after
     /// row (`TEXTURE_ROW`).
     fn matrix_texture(&self, rows: usize, cols4: usize) -> Result<(wgpu::Texture, wgpu::TextureView)> {
-        self.texture(rows * cols4, wgpu::TextureFormat::Rgba32Float)
-    }
-
-    /// A texture of `texels` texels of `format` in rows of `TEXTURE_ROW`.
-    fn texture(&self, texels: usize, format: wgpu::TextureFormat) -> Result<(wgpu::Texture, wgpu::TextureView)> {
+        let texels = rows * cols4;
+        let format = wgpu::TextureFormat::Rgba32Float;
         let max = self.gpu.limits.max_texture_dimension_2d as usize;
         let row = TEXTURE_ROW;
         // Power-of-two sides: llvmpipe compiles a kernel once per combination of its
@@ -410,9 +407,11 @@ impl Ops<'_> {
         Ok((tex, view))
     }
 
-    /// Copy an activation of `rows` pixels x `channels` into a texture for the subgroup
-    /// kernels: rgba32float when the channels come in fours, else r32float. The dispatch
-    /// keeps it alive. No dispatch when this list already packed it (`Packs`).
+    /// Copy an activation of `rows` pixels x `channels` into an rgba32float texture for
+    /// the subgroup kernels, four values a texel whether or not the channels come in
+    /// fours (one texture format: llvmpipe compiles a kernel once per format it reads,
+    /// and a second format cost 3.9 s of compiling on a cold start). The dispatch keeps
+    /// it alive. No dispatch when this list already packed it (`Packs`).
     fn texture_of(&self, buf: &wgpu::Buffer, rows: usize, channels: usize) -> Result<(Option<Dispatch>, wgpu::TextureView)> {
         let same = |p: &&Packed| p.buf == *buf && p.rows == rows && p.channels == channels;
         if let Some(hit) = self.packs.and_then(|p| p.0.borrow().iter().find(same).map(|p| p.view.clone())) {
@@ -464,12 +463,9 @@ impl Ops<'_> {
     }
 
     fn copied_to_texture(&self, buf: &wgpu::Buffer, rows: usize, channels: usize) -> Result<(Dispatch, wgpu::TextureView)> {
-        let (format, texels) = if channels.is_multiple_of(4) {
-            (wgpu::TextureFormat::Rgba32Float, rows * channels / 4)
-        } else {
-            (wgpu::TextureFormat::R32Float, rows * channels)
-        };
-        let (tex, view) = self.texture(texels, format)?;
+        // Buffers are padded to 16 bytes: the last texel's bytes exist.
+        let texels = (rows * channels).div_ceil(4);
+        let (tex, view) = self.matrix_texture(texels, 1)?;
         let d = self.k.copy_to_texture(buf, &tex, texels, TEXTURE_ROW)?;
         Ok((d.keeping_texture(tex), view))
     }
