@@ -536,32 +536,44 @@ impl Ops<'_> {
         bias: bool,
         dx: &wgpu::Buffer,
     ) -> Result<Dispatch> {
-        if thin(g) {
-            return self.backward_input_thin(g, dy, w, relu, bias, dx);
-        }
-        let narrow = g.in_c <= 4 && g.out_c.is_multiple_of(4);
-        let wide = !narrow && g.in_c >= WIDE_CHANNELS && g.out_c.is_multiple_of(4);
-        let (entry, cols4) = match (narrow, wide) {
-            (true, _) => ("conv2d_backward_input_narrow", 1),
-            (false, true) => ("conv2d_backward_input_subgroup_wide", g.in_c.div_ceil(4)),
-            (false, false) => ("conv2d_backward_input_subgroup", g.in_c.div_ceil(4)),
+        let thin = thin(g);
+        let narrow = !thin && g.in_c <= 4 && g.out_c.is_multiple_of(4);
+        let wide = !thin && !narrow && g.in_c >= WIDE_CHANNELS && g.out_c.is_multiple_of(4);
+        let (entry, cols4) = match (thin, narrow, wide) {
+            (true, _, _) => ("conv2d_backward_input_thin", 1),
+            (_, true, _) => ("conv2d_backward_input_narrow", 1),
+            (_, _, true) => ("conv2d_backward_input_subgroup_wide", g.in_c.div_ceil(4)),
+            _ => ("conv2d_backward_input_subgroup", g.in_c.div_ceil(4)),
         };
         let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
-        let (packw, wview) = self.packed_weights("pack_weights_transposed", &un0, w, g.k_h * g.k_w * g.out_c, cols4)?;
         let (pack, dyview) = self.texture_of(dy, g.out_len() / g.out_c, g.out_c)?;
-        let mut d = pack.into_iter().fold(packw, Dispatch::then);
+        let mut d: Vec<Dispatch> = pack.into_iter().collect();
+        let mut textures = vec![("dytex", &dyview)];
+        // The thin kernel reads its weights from `params`.
+        let (packw, wview) = match thin {
+            true => (None, None),
+            false => {
+                let (p, v) = self.packed_weights("pack_weights_transposed", &un0, w, g.k_h * g.k_w * g.out_c, cols4)?;
+                (Some(p), Some(v))
+            }
+        };
+        d.splice(0..0, packw);
+        textures.extend(wview.as_ref().map(|v| ("wtex", v)));
         for ph in phases(g, un0) {
             let buffers = [("params", w.params), ("dx4", dx)];
-            let textures = [("wtex", &wview), ("dytex", &dyview)];
-            // The narrow kernel takes strips of 32 pixels of one row of the phase, 4 a workgroup.
-            let grid = if narrow {
+            let grid = if thin {
+                // 4 x 4 pixels of the phase an invocation.
+                grid_1d(g.batch * ph.rows.div_ceil(4) * ph.cols.div_ceil(4))
+            } else if narrow {
+                // Strips of 32 pixels of one row of the phase, 4 a workgroup.
                 [u((g.batch * ph.rows * ph.cols.div_ceil(32)).div_ceil(4)), 1, 1]
             } else {
                 subgroup_grid(false, wide, cols4, g.batch * ph.rows * ph.cols)
             };
-            d = d.then(self.k.dispatch_grid(self.gpu, entry, &ph.un, &buffers, &textures, grid)?);
+            d.push(self.k.dispatch_grid(self.gpu, entry, &ph.un, &buffers, &textures, grid)?);
         }
-        Ok(d.named(entry))
+        let first = d.remove(0);
+        Ok(d.into_iter().fold(first, Dispatch::then).named(entry))
     }
 
     /// conv2d_backward_kernel_thin on conv geometry `g` (`thin`): partial sums over
@@ -581,29 +593,6 @@ impl Ops<'_> {
         let reduce_buffers = [("grads", grads.params), ("partial_sums", &part)];
         let reduce = self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", &un, &reduce_buffers, g.kernel_len())?;
         Ok(main.then(reduce).keeping(part).named("conv2d_backward_kernel_thin"))
-    }
-
-    /// conv2d_backward_input_thin on conv geometry `g` (`thin`), one dispatch per phase.
-    fn backward_input_thin(
-        &self,
-        g: &ConvGeom,
-        dy: &wgpu::Buffer,
-        w: Weights<'_>,
-        relu: bool,
-        bias: bool,
-        dx: &wgpu::Buffer,
-    ) -> Result<Dispatch> {
-        let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
-        let (copy, dyview) = self.texture_of(dy, g.out_len() / g.out_c, g.out_c)?;
-        let mut parts: Vec<Dispatch> = copy.into_iter().collect();
-        for ph in phases(g, un0) {
-            let blocks = g.batch * ph.rows.div_ceil(4) * ph.cols.div_ceil(4);
-            let buffers = [("params", w.params), ("dx4", dx)];
-            let textures = [("dytex", &dyview)];
-            parts.push(self.k.dispatch_grid(self.gpu, "conv2d_backward_input_thin", &ph.un, &buffers, &textures, grid_1d(blocks))?);
-        }
-        let first = parts.remove(0);
-        Ok(parts.into_iter().fold(first, Dispatch::then).named("conv2d_backward_input_thin"))
     }
 
     /// conv2d_backward_kernel_subgroup on conv geometry `g`: partial sums over slices of
