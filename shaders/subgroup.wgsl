@@ -679,14 +679,18 @@ fn conv2d_backward_input_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(l
 // gradient's strips above add across lanes. Here the input gradient's lanes work
 // alone on blocks of pixels, and the other two broadcast a window of 9 taps.
 
-// The weights of phase tap (ty, tx) for output channels 4 f4 .. +4 of the one input
-// channel: kernel [kh, kw, 1, F] at (i0.x + stride ty, i0.y + stride tx); zero past the
-// phase's taps.
-fn thin_weight(ph: Phase, ty: u32, tx: u32, f4: u32) -> vec4<f32> {
-    let ky = min(ph.i0.x + p.stride * ty, p.k_h - 1u);
-    let kx = min(ph.i0.y + p.stride * tx, p.k_w - 1u);
-    let at = p.w_off + (ky * p.k_w + kx) * p.out_c + 4u * f4;
+// The weights of kernel tap (ky, kx) for output channels 4 f4 .. +4 of the one input
+// channel (kernel [kh, kw, 1, F]); zero past the kernel.
+fn thin_tap(ky: u32, kx: u32, f4: u32) -> vec4<f32> {
+    let at = p.w_off + (min(ky, p.k_h - 1u) * p.k_w + min(kx, p.k_w - 1u)) * p.out_c + 4u * f4;
     let w = vec4<f32>(params[at], params[at + 1u], params[at + 2u], params[at + 3u]);
+    return select(vec4<f32>(0.0), w, ky < p.k_h && kx < p.k_w);
+}
+
+// The weights of phase tap (ty, tx): kernel tap (i0.x + stride ty, i0.y + stride tx),
+// zero past the phase's taps.
+fn thin_weight(ph: Phase, ty: u32, tx: u32, f4: u32) -> vec4<f32> {
+    let w = thin_tap(ph.i0.x + p.stride * ty, ph.i0.y + p.stride * tx, f4);
     return select(vec4<f32>(0.0), w, ty < ph.taps.x && tx < ph.taps.y);
 }
 
@@ -753,14 +757,6 @@ fn conv2d_backward_input_thin(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
     }
     //#end
     //#end
-}
-
-// The weights of kernel tap (ky, kx) for output channels 4 f4 .. +4 of the one input
-// channel (kernel [kh, kw, 1, F]); zero past the kernel.
-fn thin_tap(ky: u32, kx: u32, f4: u32) -> vec4<f32> {
-    let at = p.w_off + (min(ky, p.k_h - 1u) * p.k_w + min(kx, p.k_w - 1u)) * p.out_c + 4u * f4;
-    let w = vec4<f32>(params[at], params[at + 1u], params[at + 2u], params[at + 3u]);
-    return select(vec4<f32>(0.0), w, ky < p.k_h && kx < p.k_w);
 }
 
 // x (one channel) at tap (ky, kx) of the window `w`

@@ -428,9 +428,9 @@ impl Ops<'_> {
     /// `channels`, channels in fours) masked in place where the layer output `y` is not
     /// positive, with partial sums of its columns over blocks of rows that bias_backward
     /// adds into `grads` at `b_off` (relu_mask_rows, reading copies of dy and y), then
-    /// copied into the texture the layer's gradient kernels read. Needs a `Packs`, whose textures those kernels read;
-    /// both must run in the subgroup family. None where this does not apply (the caller
-    /// masks dy in place instead).
+    /// copied again into dy's texture, which the layer's gradient kernels read. Needs a
+    /// `Packs`, whose textures those kernels read; both must run in the subgroup family.
+    /// None where this does not apply (the caller masks dy in place instead).
     pub fn relu_bias_backward_subgroup(
         &self,
         rows: usize,
@@ -454,10 +454,11 @@ impl Ops<'_> {
         let textures = [("dytex", &dy_view), ("xtex", &y_view)];
         let mask = self.k.dispatch_grid(self.gpu, "relu_mask_rows", &un, &buffers, &textures, grid_1d(blocks * channels / 4))?;
         let bias = self.bias_backward(blocks, channels, &part, grads, b_off)?;
-        let (copy, view) = self.copied_to_texture(dy, rows, channels)?;
+        // The masked dy over the unmasked one, in the same texture (channels in fours).
+        let copy = self.k.copy_to_texture(dy, dy_view.texture(), rows * channels / 4, TEXTURE_ROW)?;
         let mut list = packs.0.borrow_mut();
         list.retain(|p| p.buf != *dy);
-        list.push(Packed { buf: dy.clone(), rows, channels, view });
+        list.push(Packed { buf: dy.clone(), rows, channels, view: dy_view.clone() });
         let first = y_copy.into_iter().fold(dy_copy, Dispatch::then);
         Ok(Some(first.then(mask).then(copy).then(bias).keeping(part).named("relu_mask_rows")))
     }
@@ -497,8 +498,8 @@ impl Ops<'_> {
         bias: bool,
         y: &wgpu::Buffer,
     ) -> Result<Dispatch> {
+        let un = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
         if thin(g) {
-            let un = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
             let grid = [u(g.out_c.div_ceil(32)), u((g.batch * g.out_h * g.out_w).div_ceil(128)), 1];
             let (copy, xview) = self.texture_of(x, g.in_len(), 1)?;
             let buffers = [("params", w.params), ("y4", y)];
@@ -514,7 +515,6 @@ impl Ops<'_> {
         } else {
             ("conv2d_forward_subgroup", g.out_c.div_ceil(4))
         };
-        let un = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
         let (packw, wview) = self.packed_weights("pack_weights", &un, w, g.k_h * g.k_w * g.in_c, cols4)?;
         let (pack, xview) = self.texture_of(x, g.in_len() / g.in_c, g.in_c)?;
         let buffers = [("params", w.params), ("y4", y)];
