@@ -48,6 +48,15 @@ fn texel1(i: u32) -> vec2<u32> {
 fn x_at(i: u32) -> f32 { return textureLoad(xtex, texel1(i >> 2u), 0)[i & 3u]; }
 fn dy_at(i: u32) -> f32 { return textureLoad(dytex, texel1(i >> 2u), 0)[i & 3u]; }
 
+// Whether the fine side's channels (x, dx: C) come in fours, and the coarse side's (y,
+// dy: F): a row is then whole texels, read and written a vec4 at a time; otherwise
+// four scalars. The GEMM kernels' main forms are written for channels in fours (`true`,
+// which the driver folds away: the scalar paths, inlined into every row of the
+// register block, made lavapipe take twice as long to build each pipeline); their
+// _any forms ask these at run time.
+fn c_vec4() -> bool { return p.in_c % 4u == 0u; }
+fn f_vec4() -> bool { return p.out_c % 4u == 0u; }
+
 // The bias of channels 4 c4 .. 4 c4 + 4 of `n` (zero when p.bias == 0). Loaded once
 // per invocation: a load between the row stores would be repeated for every row.
 fn bias4(c4: u32, n: u32) -> vec4<f32> {
@@ -205,9 +214,9 @@ fn window(pos: vec3<u32>) -> vec3<i32> {
 // im2col(x) at the output pixel whose window is `w` (see `window`), kernel rows `r`:
 // x where those rows (tap, c) meet the window, zero outside the image or where `ok_m`
 // is false; one vec4 load when C % 4 == 0, otherwise four scalars.
-fn gather_x(w: vec3<i32>, ok_m: bool, r: KernelRows) -> vec4<f32> {
+fn gather_x(w: vec3<i32>, ok_m: bool, r: KernelRows, vec4s: bool) -> vec4<f32> {
     let bh = u32(w.x);
-    if p.in_c % 4u == 0u {
+    if vec4s {
         let iy = w.y + r.ti.x;
         let ix = w.z + r.tj.x;
         let ok = ok_m && r.live.x && iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
@@ -226,9 +235,9 @@ fn gather_x(w: vec3<i32>, ok_m: bool, r: KernelRows) -> vec4<f32> {
 }
 
 // Store vec4 column c4 of output row m (of `n` channels), when inside.
-fn store_y(m: u32, m_total: u32, c4: u32, n: u32, v: vec4<f32>) {
+fn store_y(m: u32, m_total: u32, c4: u32, n: u32, v: vec4<f32>, vec4s: bool) {
     if m >= m_total || 4u * c4 >= n { return; }
-    if n % 4u == 0u {
+    if vec4s {
         y4[m * (n / 4u) + c4] = v;
         return;
     }
@@ -247,7 +256,10 @@ fn store_y(m: u32, m_total: u32, c4: u32, n: u32, v: vec4<f32>) {
 // lavapipe a broadcast costs about as much as a multiply-add. Its register block stays
 // the size of the 4-channel form's: 32 rows of it were no faster and took 2.5 times as
 // long to compile (3.8 s against 1.5 s, and 1.2 s against 0.2 s to build with warm caches).
-//#forms W:R:WIDE 1:32: 2:16:_wide
+// Both for channels in fours on both sides (CV, FV: c_vec4); a third, _any (W = 1,
+// R = 8), for any channel counts: small layers (a Dense layer reading a latent vector
+// of 50 or 2), and a small register block, cheap to build.
+//#forms W:R:WIDE:CV:FV 1:32::true:true 2:16:_wide:true:true 1:8:_any:c_vec4():f_vec4()
 @compute @workgroup_size(32)
 fn conv2d_forward_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let f4s = (p.out_c + 3u) / 4u;
@@ -272,7 +284,7 @@ fn conv2d_forward_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(
         // for all 32 rows (a vector integer division is slow on a SIMD CPU).
         let rows = kernel_rows(k0 + lane);
         //#unroll I {R}
-        let a{I} = gather_x(w{I}, true, rows);
+        let a{I} = gather_x(w{I}, true, rows, {CV});
         //#end
         //#unroll J 8
         //#unroll C 4
@@ -296,7 +308,7 @@ fn conv2d_forward_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(
     //#end
     //#unroll I {R}
     //#unroll V {W}
-    store_y(r0 + {I}u, m_total, col{V}, p.out_c, finish(acc{I}_{V}, bias{V}));
+    store_y(r0 + {I}u, m_total, col{V}, p.out_c, finish(acc{I}_{V}, bias{V}), {FV});
     //#end
     //#end
 }
@@ -305,9 +317,9 @@ fn conv2d_forward_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(
 // Row m' of the input gradient's A operand at reduction index 4 kq .. 4 kq + 4: dy at
 // the coarse pixel (oy0 - ti, ox0 - tj) that this phase's tap (ti, tj) reaches from
 // m', channels 4 f4 .. +4 (F % 4 == 0), or four scalars (t, f) otherwise.
-fn gather_dy(bo: u32, oy0: i32, ox0: i32, kq: u32, lane_tap: vec3<u32>, taps: vec2<u32>) -> vec4<f32> {
+fn gather_dy(bo: u32, oy0: i32, ox0: i32, kq: u32, lane_tap: vec3<u32>, taps: vec2<u32>, vec4s: bool) -> vec4<f32> {
     let k_total = taps.x * taps.y * p.out_c;
-    if p.out_c % 4u == 0u {
+    if vec4s {
         let oy = oy0 - i32(lane_tap.x);
         let ox = ox0 - i32(lane_tap.y);
         let ok = 4u * kq < k_total && oy >= 0 && oy < i32(p.out_h) && ox >= 0 && ox < i32(p.out_w);
@@ -328,10 +340,10 @@ fn gather_dy(bo: u32, oy0: i32, ox0: i32, kq: u32, lane_tap: vec3<u32>, taps: ve
 }
 
 // Store vec4 column c4 of input-gradient row (b, iy, ix), when inside.
-fn store_dx(b: u32, iy: u32, ix: u32, ok: bool, c4: u32, v: vec4<f32>) {
+fn store_dx(b: u32, iy: u32, ix: u32, ok: bool, c4: u32, v: vec4<f32>, vec4s: bool) {
     if !ok || 4u * c4 >= p.in_c { return; }
     let m = (b * p.in_h + iy) * p.in_w + ix;
-    if p.in_c % 4u == 0u {
+    if vec4s {
         dx4[m * (p.in_c / 4u) + c4] = v;
         return;
     }
@@ -365,11 +377,11 @@ fn phase_pixel(m: u32, ph: Phase) -> vec3<u32> {
 // Bindings: p, dytex, wtex (packed by pack_weights_transposed), params, dx4. Grid:
 // (ceil(C / (32 W)), ceil(B * rows * cols of the phase / 4 R)) workgroups; one dispatch
 // per phase (p.phase_y, p.phase_x) of the stride, so every row of an invocation meets
-// the same taps. Rows, lanes and the two forms (W = 1, R = 32; W = 2, R = 16: _wide) as
+// the same taps. Rows, lanes and the forms (W = 1, R = 32; W = 2, R = 16: _wide; _any) as
 // conv2d_forward_subgroup.
 // One invocation: dx = act(bias + sum over the phase's taps and f of dy * kernel) for
 // its R fine-side pixels x 4 W channels (bias and ReLU serve Conv2DTranspose's forward).
-//#forms W:R:WIDE 1:32: 2:16:_wide
+//#forms W:R:WIDE:CV:FV 1:32::true:true 2:16:_wide:true:true 1:8:_any:c_vec4():f_vec4()
 @compute @workgroup_size(32)
 fn conv2d_backward_input_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let ph = phase();
@@ -403,7 +415,7 @@ fn conv2d_backward_input_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @b
         let t = kq / f4s;
         let lane_tap = vec3<u32>(t / max(ph.taps.y, 1u), t % max(ph.taps.y, 1u), kq % f4s);
         //#unroll I {R}
-        let a{I} = gather_dy(bo{I}, oy{I}, ox{I}, kq, lane_tap, ph.taps);
+        let a{I} = gather_dy(bo{I}, oy{I}, ox{I}, kq, lane_tap, ph.taps, {FV});
         //#end
         //#unroll J 8
         //#unroll C 4
@@ -427,7 +439,7 @@ fn conv2d_backward_input_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @b
     //#end
     //#unroll I {R}
     //#unroll V {W}
-    store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, col{V}, finish(acc{I}_{V}, bias{V}));
+    store_dx(b{I}, p.phase_y + p.stride * qy{I}, p.phase_x + p.stride * qx{I}, r0 + {I}u < m_total, col{V}, finish(acc{I}_{V}, bias{V}), {CV});
     //#end
     //#end
 }
@@ -442,10 +454,10 @@ fn advance8(pos: vec3<u32>) -> vec3<u32> {
 }
 
 // dy at output pixel m, channels 4 f4 .. +4 (zero past m_end or past F).
-fn dy_row(m: u32, m_end: u32, f4: u32) -> vec4<f32> {
+fn dy_row(m: u32, m_end: u32, f4: u32, vec4s: bool) -> vec4<f32> {
     let mc = min(m, m_end - 1u);
     var v = vec4<f32>(0.0);
-    if p.out_c % 4u == 0u {
+    if vec4s {
         v = textureLoad(dytex, texel(mc, f4, p.out_c / 4u), 0);
     } else {
         for (var q = 0u; q < 4u; q++) {
@@ -456,11 +468,11 @@ fn dy_row(m: u32, m_end: u32, f4: u32) -> vec4<f32> {
 }
 
 // Store partial sums of kernel row k, channels 4 c4 .. +4, of batch slice `slice`.
-fn store_part(slice: u32, k: u32, c4: u32, v: vec4<f32>) {
+fn store_part(slice: u32, k: u32, c4: u32, v: vec4<f32>, vec4s: bool) {
     let k_total = p.k_h * p.k_w * p.in_c;
     if k >= k_total || 4u * c4 >= p.out_c { return; }
     let row = slice * k_total + k;
-    if p.out_c % 4u == 0u {
+    if vec4s {
         part4[row * (p.out_c / 4u) + c4] = v;
         return;
     }
@@ -471,23 +483,23 @@ fn store_part(slice: u32, k: u32, c4: u32, v: vec4<f32>) {
 }
 
 // Bindings: p, xtex, dytex, part4. Grid: ceil(blocks * slices / 4) workgroups of 4
-// subgroups, where the kernel's K x F (K = kh * kw * C) is cut into blocks of 32 rows
+// subgroups, where the kernel's K x F (K = kh * kw * C) is cut into blocks of 4 RG rows
 // x 32 W channels; subgroup s of workgroup gx takes unit 4 gx + s of the blocks x slices
 // (block fastest, row block fastest within it: a 1-channel layer has one block, so its
 // subgroups go to different slices), its lane l channels 4 (8 (W c + v) + l) .. +4 of
-// column block c for v < W. Two forms as conv2d_forward_subgroup: W = 1, 2 (_wide),
-// both of 32 rows: 16-row blocks made the _wide form slower here (each lane's x
-// gathers then feed half as many multiply-adds).
+// column block c for v < W. Three forms as conv2d_forward_subgroup: W = 1, 2 (_wide),
+// both of 32 rows (RG = 8; 16-row blocks made the _wide form slower here: each lane's
+// x gathers then feed half as many multiply-adds), and _any, of 8 rows.
 // One invocation: part[slice][k, f] = sum over the slice's output pixels m of
-// im2col(x)[m, k] * dy[m, f] for its 32 kernel rows x 4 W channels. Per 8 pixels each
-// lane loads 8 vec4 of x (one pixel each, broadcast to the others) and 8 W of dy.
+// im2col(x)[m, k] * dy[m, f] for its 4 RG kernel rows x 4 W channels. Per 8 pixels each
+// lane loads RG vec4 of x (one pixel each, broadcast to the others) and 8 W of dy.
 // conv2d_backward_kernel_reduce (conv2d.wgsl) adds the slices in order.
-//#forms W:WIDE 1: 2:_wide
+//#forms W:RG:WIDE:CV:FV 1:8::true:true 2:8:_wide:true:true 1:2:_any:c_vec4():f_vec4()
 @compute @workgroup_size(32)
 fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let k_total = p.k_h * p.k_w * p.in_c;
     let f4s = (p.out_c + 3u) / 4u;
-    let row_blocks = (k_total + 31u) / 32u;
+    let row_blocks = (k_total + 4u * {RG}u - 1u) / (4u * {RG}u);
     let blocks = row_blocks * ((f4s + 8u * {W}u - 1u) / (8u * {W}u));
     // Past the last unit an invocation repeats the last one and stores nothing.
     let units = blocks * p.slices;
@@ -499,11 +511,11 @@ fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @
     let col{V} = (block / row_blocks * {W}u + {V}u) * 8u + li % 8u;
     let f4_{V} = min(col{V}, f4s - 1u);
     //#end
-    let r0 = block % row_blocks * 32u;
+    let r0 = block % row_blocks * 4u * {RG}u;
     let plane = p.out_h * p.out_w;
     let m_begin = slice * p.slice_images * plane;
     let m_end = min((slice + 1u) * p.slice_images, p.batch) * plane;
-    //#unroll G 8
+    //#unroll G {RG}
     let rows{G} = kernel_rows(r0 / 4u + {G}u);
     //#unroll C 4
     //#unroll V {W}
@@ -518,15 +530,15 @@ fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @
         pos = advance8(pos);
         // Row groups past K (a kernel of fewer than 32 rows) are skipped: the condition
         // is the same for the whole workgroup, so the branch is a real one.
-        //#unroll G 8
+        //#unroll G {RG}
         var a{G} = vec4<f32>(0.0);
-        if 4u * {G}u < k_total { a{G} = gather_x(w, m < m_end, rows{G}); }
+        if 4u * {G}u < k_total { a{G} = gather_x(w, m < m_end, rows{G}, {CV}); }
         //#end
         //#unroll J 8
         //#unroll V {W}
-        let d{J}_{V} = dy_row(m0 + {J}u, m_end, f4_{V});
+        let d{J}_{V} = dy_row(m0 + {J}u, m_end, f4_{V}, {FV});
         //#end
-        //#unroll G 8
+        //#unroll G {RG}
         if 4u * {G}u < k_total {
             let s{J}{G} = subgroupBroadcast(a{G}, {J}u);
             //#unroll C 4
@@ -539,10 +551,10 @@ fn conv2d_backward_kernel_subgroup{WIDE}(@builtin(workgroup_id) wg: vec3<u32>, @
         //#end
     }
     if stores {
-        //#unroll G 8
+        //#unroll G {RG}
         //#unroll C 4
         //#unroll V {W}
-        store_part(slice, r0 + 4u * {G}u + {C}u, col{V}, acc{G}{C}_{V});
+        store_part(slice, r0 + 4u * {G}u + {C}u, col{V}, acc{G}{C}_{V}, {FV});
         //#end
         //#end
         //#end
@@ -607,7 +619,7 @@ fn conv2d_forward_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_in
     let bias = bias4(0u, p.out_c);
     //#unroll I 32
     let s{I} = subgroupAdd(acc{I});
-    if lane == {I}u % 8u { store_y(r0 + {I}u, m_total, 0u, p.out_c, finish(s{I}, bias)); }
+    if lane == {I}u % 8u { store_y(r0 + {I}u, m_total, 0u, p.out_c, finish(s{I}, bias), f_vec4()); }
     //#end
 }
 
@@ -668,7 +680,7 @@ fn conv2d_backward_input_narrow(@builtin(workgroup_id) wg: vec3<u32>, @builtin(l
     let iy = p.phase_y + p.stride * qy;
     //#unroll I 32
     let s{I} = subgroupAdd(acc{I});
-    if lane == {I}u % 8u { store_dx(b, iy, p.phase_x + p.stride * (qx0 + {I}u), stores && qx0 + {I}u < ph.n.y, 0u, finish(s{I}, bias)); }
+    if lane == {I}u % 8u { store_dx(b, iy, p.phase_x + p.stride * (qx0 + {I}u), stores && qx0 + {I}u < ph.n.y, 0u, finish(s{I}, bias), c_vec4()); }
     //#end
 }
 
@@ -846,7 +858,7 @@ fn conv2d_backward_kernel_thin(@builtin(workgroup_id) wg: vec3<u32>, @builtin(lo
         //#end
         //#unroll J 8
         {
-            let d = dy_row(m0 + {J}u, m_end, f4);
+            let d = dy_row(m0 + {J}u, m_end, f4, true);
             //#unroll KY 3
             //#unroll KX 3
             acc{KY}{KX} = fma(vec4<f32>(subgroupBroadcast(x{KY}{KX}, {J}u)), d, acc{KY}{KX});
@@ -858,7 +870,7 @@ fn conv2d_backward_kernel_thin(@builtin(workgroup_id) wg: vec3<u32>, @builtin(lo
     if stores && col < f4s {
         //#unroll KY 3
         //#unroll KX 3
-        if {KY}u < p.k_h && {KX}u < p.k_w { store_part(slice, {KY}u * p.k_w + {KX}u, col, acc{KY}{KX}); }
+        if {KY}u < p.k_h && {KX}u < p.k_w { store_part(slice, {KY}u * p.k_w + {KX}u, col, acc{KY}{KX}, true); }
         //#end
         //#end
     }

@@ -123,7 +123,7 @@ fn workgroup_sizes_come_from_one_place() {
         for ep in &module.entry_points {
             let want = match (name, ep.name.as_str()) {
                 ("subgroup", "conv2d_backward_input_thin") => [cvae::gpu::kernels::WORKGROUP, 1, 1],
-                ("subgroup", e) if ["_subgroup", "_wide", "_narrow", "_thin"].iter().any(|s| e.ends_with(s)) => [32, 1, 1],
+                ("subgroup", e) if ["_subgroup", "_wide", "_any", "_narrow", "_thin"].iter().any(|s| e.ends_with(s)) => [32, 1, 1],
                 ("tiled", _) => [16, 16, 1],
                 _ => [cvae::gpu::kernels::WORKGROUP, 1, 1],
             };

@@ -59,42 +59,86 @@ fn thin(g: &ConvGeom) -> bool {
     g.in_c == 1 && g.out_c.is_multiple_of(4) && g.k_h <= 3 && g.k_w <= 3
 }
 
-/// From this many output channels on, the subgroup kernels' `_wide` forms (each lane
-/// 8 channels, 16 vec4 columns a subgroup) fill their lanes; measured on lavapipe
-/// against the 4-channel forms on the tf-cvae layers of 64 channels: 20-25% less
-/// time for the forward and input gradient, 13-16% for the kernel gradient. Only where
-/// the activations they read come in vec4 texels: llvmpipe compiles a kernel once per
-/// texture format it meets, and a _wide kernel takes 1.5-4 s to compile.
+/// Whether both sides of a conv have their channels in fours, as the subgroup GEMM
+/// kernels' main forms expect.
+fn in_fours(g: &ConvGeom) -> bool {
+    g.in_c.is_multiple_of(4) && g.out_c.is_multiple_of(4)
+}
+
+/// From this many channels on the side the lanes split, the `_wide` forms (each lane 8
+/// channels, 16 vec4 columns a subgroup) fill their lanes; measured on lavapipe against
+/// the 4-channel forms on the tf-cvae layers of 64 channels: 20-25% less time for the
+/// forward and input gradient, 13-16% for the kernel gradient.
 const WIDE_CHANNELS: usize = 64;
 
-/// Vec4 columns a subgroup computes: 8 lanes of one vec4, or of two in the `_wide` forms.
-fn subgroup_cols4(wide: bool) -> usize {
-    if wide {
-        16
-    } else {
-        8
+/// The forms of a subgroup GEMM kernel (`//#forms` in shaders/subgroup.wgsl).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Form {
+    /// Channels in fours on both sides: 4 channels a lane, 32 rows a subgroup.
+    Plain,
+    /// As `Plain`, with 8 channels a lane (two vec4 columns) and 16 rows: from
+    /// WIDE_CHANNELS on.
+    Wide,
+    /// Any channel counts: scalar reads and writes on a side whose channels are not in
+    /// fours. Written out for every row, those doubled the time lavapipe takes to build a
+    /// pipeline, so the main forms leave them out; this one serves the small layers
+    /// that need them (a Dense layer reading a latent vector of 50 or 2) with a register
+    /// block of 8 rows, cheap to build.
+    Any,
+}
+
+impl Form {
+    /// The form for conv `g`, of which the lanes split `lane_channels`.
+    fn of(g: &ConvGeom, lane_channels: usize) -> Form {
+        match (in_fours(g), lane_channels >= WIDE_CHANNELS) {
+            (false, _) => Form::Any,
+            (true, true) => Form::Wide,
+            (true, false) => Form::Plain,
+        }
+    }
+
+    /// The entry point of kernel `op` (`conv2d_forward_subgroup`, ...) in this form.
+    fn entry(self, op: &str) -> String {
+        match self {
+            Form::Plain => op.to_string(),
+            Form::Wide => format!("{op}_wide"),
+            Form::Any => format!("{op}_any"),
+        }
+    }
+
+    /// Vec4 columns a subgroup computes: 8 lanes of one vec4, or of two.
+    fn cols4(self) -> usize {
+        match self {
+            Form::Wide => 16,
+            Form::Plain | Form::Any => 8,
+        }
+    }
+
+    /// Pixels a subgroup computes (the forward and the input gradient).
+    fn rows(self) -> usize {
+        match self {
+            Form::Plain => 32,
+            Form::Wide => 16,
+            Form::Any => 8,
+        }
+    }
+
+    /// Kernel rows a subgroup computes (the kernel gradient).
+    fn kernel_rows(self) -> usize {
+        match self {
+            Form::Plain | Form::Wide => 32,
+            Form::Any => 8,
+        }
     }
 }
 
-/// Rows (pixels, or kernel rows) a subgroup computes: 32, or 16 in the `_wide` forms,
-/// whose register block is then no larger than the 4-channel forms' (`//#forms` in
-/// shaders/subgroup.wgsl).
-fn subgroup_rows(wide: bool) -> usize {
-    if wide {
-        16
-    } else {
-        32
-    }
-}
-
-/// The grid of a subgroup kernel over `m` pixels: 4 subgroups of `subgroup_rows`
-/// pixels per workgroup, and the `cols4` columns in blocks of `subgroup_cols4` unless
-/// narrow (128 pixels, one block of at most 4 columns).
-fn subgroup_grid(narrow: bool, wide: bool, cols4: usize, m: usize) -> [u32; 3] {
-    if narrow {
-        [u(m.div_ceil(128)), 1, 1]
-    } else {
-        [u(cols4.div_ceil(subgroup_cols4(wide))), u(m.div_ceil(4 * subgroup_rows(wide))), 1]
+/// The grid of a subgroup kernel over `m` pixels: 4 subgroups of `form.rows()` pixels
+/// per workgroup, and the `cols4` columns in blocks of `form.cols4()`; None for the
+/// narrow kernels (128 pixels, one block of at most 4 columns).
+fn subgroup_grid(form: Option<Form>, cols4: usize, m: usize) -> [u32; 3] {
+    match form {
+        None => [u(m.div_ceil(128)), 1, 1],
+        Some(f) => [u(cols4.div_ceil(f.cols4())), u(m.div_ceil(4 * f.rows())), 1],
     }
 }
 
@@ -507,19 +551,16 @@ impl Ops<'_> {
             return Ok(copy.into_iter().fold(main, |d, c| d.after(c)));
         }
         let narrow = g.out_c <= 4 && g.in_c.is_multiple_of(4);
-        let wide = !narrow && g.out_c >= WIDE_CHANNELS && g.in_c.is_multiple_of(4);
-        let (entry, cols4) = if narrow {
-            ("conv2d_forward_narrow", 1)
-        } else if wide {
-            ("conv2d_forward_subgroup_wide", g.out_c.div_ceil(4))
-        } else {
-            ("conv2d_forward_subgroup", g.out_c.div_ceil(4))
+        let form = (!narrow).then(|| Form::of(g, g.out_c));
+        let (entry, cols4) = match form {
+            None => ("conv2d_forward_narrow".to_string(), 1),
+            Some(f) => (f.entry("conv2d_forward_subgroup"), g.out_c.div_ceil(4)),
         };
         let (packw, wview) = self.packed_weights("pack_weights", &un, w, g.k_h * g.k_w * g.in_c, cols4)?;
         let (pack, xview) = self.texture_of(x, g.in_len() / g.in_c, g.in_c)?;
         let buffers = [("params", w.params), ("y4", y)];
-        let grid = subgroup_grid(narrow, wide, cols4, g.batch * g.out_h * g.out_w);
-        let main = self.k.dispatch_grid(self.gpu, entry, &un, &buffers, &[("wtex", &wview), ("xtex", &xview)], grid)?;
+        let grid = subgroup_grid(form, cols4, g.batch * g.out_h * g.out_w);
+        let main = self.k.dispatch_grid(self.gpu, &entry, &un, &buffers, &[("wtex", &wview), ("xtex", &xview)], grid)?;
         Ok(pack.into_iter().fold(main, Dispatch::after).after(packw))
     }
 
@@ -538,12 +579,11 @@ impl Ops<'_> {
     ) -> Result<Dispatch> {
         let thin = thin(g);
         let narrow = !thin && g.in_c <= 4 && g.out_c.is_multiple_of(4);
-        let wide = !thin && !narrow && g.in_c >= WIDE_CHANNELS && g.out_c.is_multiple_of(4);
-        let (entry, cols4) = match (thin, narrow, wide) {
-            (true, _, _) => ("conv2d_backward_input_thin", 1),
-            (_, true, _) => ("conv2d_backward_input_narrow", 1),
-            (_, _, true) => ("conv2d_backward_input_subgroup_wide", g.in_c.div_ceil(4)),
-            _ => ("conv2d_backward_input_subgroup", g.in_c.div_ceil(4)),
+        let form = Form::of(g, g.in_c);
+        let (entry, cols4) = match (thin, narrow) {
+            (true, _) => ("conv2d_backward_input_thin".to_string(), 1),
+            (_, true) => ("conv2d_backward_input_narrow".to_string(), 1),
+            _ => (form.entry("conv2d_backward_input_subgroup"), g.in_c.div_ceil(4)),
         };
         let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
         let (pack, dyview) = self.texture_of(dy, g.out_len() / g.out_c, g.out_c)?;
@@ -568,12 +608,12 @@ impl Ops<'_> {
                 // Strips of 32 pixels of one row of the phase, 4 a workgroup.
                 [u((g.batch * ph.rows * ph.cols.div_ceil(32)).div_ceil(4)), 1, 1]
             } else {
-                subgroup_grid(false, wide, cols4, g.batch * ph.rows * ph.cols)
+                subgroup_grid(Some(form), cols4, g.batch * ph.rows * ph.cols)
             };
-            d.push(self.k.dispatch_grid(self.gpu, entry, &ph.un, &buffers, &textures, grid)?);
+            d.push(self.k.dispatch_grid(self.gpu, &entry, &ph.un, &buffers, &textures, grid)?);
         }
         let first = d.remove(0);
-        Ok(d.into_iter().fold(first, Dispatch::then).named(entry))
+        Ok(d.into_iter().fold(first, Dispatch::then).named(&entry))
     }
 
     /// conv2d_backward_kernel_thin on conv geometry `g` (`thin`): partial sums over
@@ -602,8 +642,8 @@ impl Ops<'_> {
             return self.backward_kernel_thin(g, x, dy, grads);
         }
         let (rows, cols4) = (g.k_h * g.k_w * g.in_c, g.out_c.div_ceil(4));
-        let wide = g.out_c >= WIDE_CHANNELS && g.in_c.is_multiple_of(4) && g.out_c.is_multiple_of(4);
-        let blocks = cols4.div_ceil(subgroup_cols4(wide)) * rows.div_ceil(32);
+        let form = Form::of(g, g.out_c);
+        let blocks = cols4.div_ceil(form.cols4()) * rows.div_ceil(form.kernel_rows());
         // At least 128 subgroups (one per block and slice); each invocation loops over a
         // slice's pixels 8 at a time.
         let plane = g.out_h * g.out_w;
@@ -621,8 +661,8 @@ impl Ops<'_> {
         }
         let buffers = [("part4", &part)];
         let textures = [("xtex", &views[0]), ("dytex", &views[1])];
-        let entry = if wide { "conv2d_backward_kernel_subgroup_wide" } else { "conv2d_backward_kernel_subgroup" };
-        let main = self.k.dispatch_grid(self.gpu, entry, &un, &buffers, &textures, [u(groups), 1, 1])?;
+        let entry = form.entry("conv2d_backward_kernel_subgroup");
+        let main = self.k.dispatch_grid(self.gpu, &entry, &un, &buffers, &textures, [u(groups), 1, 1])?;
         let main = first.into_iter().rev().fold(main, |d, f| d.after(f));
         let reduce_buffers = [("grads", grads.params), ("partial_sums", &part)];
         let reduce = self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", &un, &reduce_buffers, g.kernel_len())?;
