@@ -247,7 +247,17 @@ fn a_run_folder_is_served_while_it_trains_and_never_written() {
         kernels: Default::default(),
         init_from: None,
     };
-    let opts = RunOptions { out: out.clone(), quiet: true, variant: Variant::Blocked, live: Some(live.clone()), ..Default::default() };
+    // The kernels measured for this adapter, cached with the other tests' (a forced family
+    // may be a slow one: blocked took most of this test's 75 s on an AVX2-only lavapipe).
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_cache");
+    let opts = RunOptions {
+        out: out.clone(),
+        quiet: true,
+        variant: Variant::Auto,
+        kernel_cache: Some(cache),
+        live: Some(live.clone()),
+        ..Default::default()
+    };
     train::run(config, &opts).unwrap_or_else(|e| panic!("{e:#}"));
     live.stop();
     let info = wait_ready(&base, Some(2));
@@ -327,7 +337,7 @@ fn train_serve_shows_the_run_and_keeps_serving_after_it() {
     let args = ["train", "--serve", "--port", "0", "--preset", "keras-vae", "--epochs", "1", "--train-size", "64", "--test-size", "32"];
     let mut child = Command::new(env!("CARGO_BIN_EXE_cvae"))
         .args(args)
-        .args(["--variant", "blocked", "--quiet", "--force", "--out", out.to_str().unwrap()])
+        .args(["--quiet", "--force", "--out", out.to_str().unwrap()])
         .env("CVAE_CACHE_DIR", cache)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
