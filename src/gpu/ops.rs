@@ -392,34 +392,12 @@ impl Ops<'_> {
         const SLICE_BYTES: usize = 256 << 10;
         let per_image = 4 * (g.in_h * g.in_w * g.in_c + g.out_h * g.out_w * g.out_c);
         let images = (SLICE_BYTES / per_image).min(images_within_loop_budget(g.out_h, g.out_w)).clamp(1, g.batch);
-        let slices = g.batch.div_ceil(images);
-        let part = self.gpu.zeros("partial kernel gradients", slices * g.kernel_len());
-        let u = ConvUniform { slice_images: u(images), slices: u(slices), ..ConvUniform::new(g, grads, false) };
-        let main = if vec4_in {
-            self.k.dispatch(
-                self.gpu,
-                "conv2d_backward_kernel_blocked",
-                &u,
-                &[("x4", x), ("dy4", dy), ("part4", &part)],
-                slices * g.kernel_len() / 16,
-            )?
-        } else {
-            self.k.dispatch(
-                self.gpu,
-                "conv2d_backward_kernel_blocked_scalar",
-                &u,
-                &[("x", x), ("dy4", dy), ("part4", &part)],
-                slices * g.kernel_len() / 16,
-            )?
-        };
-        let reduce = self.k.dispatch(
-            self.gpu,
-            "conv2d_backward_kernel_reduce",
-            &u,
-            &[("grads", grads.params), ("partial_sums", &part)],
-            g.kernel_len(),
-        )?;
-        Ok(Some(main.then(reduce).keeping(part)))
+        let d = self.sliced_and_reduced(g, grads, images, |part, u, slices| {
+            let (entry, x) =
+                if vec4_in { ("conv2d_backward_kernel_blocked", ("x4", x)) } else { ("conv2d_backward_kernel_blocked_scalar", ("x", x)) };
+            self.k.dispatch(self.gpu, entry, u, &[x, ("dy4", dy), ("part4", part)], slices * g.kernel_len() / 16)
+        })?;
+        Ok(Some(d))
     }
 
     /// A texture holding a `rows` x 4 `cols4` matrix as rgba32float texels, row after
@@ -586,9 +564,6 @@ impl Ops<'_> {
             _ => (form.entry("conv2d_backward_input_subgroup"), g.in_c.div_ceil(4)),
         };
         let un0 = ConvUniform { bias: bias as u32, ..ConvUniform::new(g, w, relu) };
-        let (pack, dyview) = self.texture_of(dy, g.out_len() / g.out_c, g.out_c)?;
-        let mut d: Vec<Dispatch> = pack.into_iter().collect();
-        let mut textures = vec![("dytex", &dyview)];
         // The thin kernel reads its weights from `params`.
         let (packw, wview) = match thin {
             true => (None, None),
@@ -597,8 +572,9 @@ impl Ops<'_> {
                 (Some(p), Some(v))
             }
         };
-        d.splice(0..0, packw);
-        textures.extend(wview.as_ref().map(|v| ("wtex", v)));
+        let (pack, dyview) = self.texture_of(dy, g.out_len() / g.out_c, g.out_c)?;
+        let mut d: Vec<Dispatch> = packw.into_iter().chain(pack).collect();
+        let textures: Vec<_> = [("dytex", &dyview)].into_iter().chain(wview.as_ref().map(|v| ("wtex", v))).collect();
         for ph in phases(g, un0) {
             let buffers = [("params", w.params), ("dx4", dx)];
             let grid = if thin {
@@ -621,18 +597,15 @@ impl Ops<'_> {
     fn backward_kernel_thin(&self, g: &ConvGeom, x: &wgpu::Buffer, dy: &wgpu::Buffer, grads: Weights<'_>) -> Result<Dispatch> {
         let plane = g.out_h * g.out_w;
         let images = g.batch.div_ceil(64).min(LOOP_BUDGET / plane).max(1);
-        let slices = g.batch.div_ceil(images);
-        let part = self.gpu.zeros("partial kernel gradients", slices * g.kernel_len());
-        let un = ConvUniform { slice_images: u(images), slices: u(slices), ..ConvUniform::new(g, grads, false) };
         let (xcopy, xview) = self.texture_of(x, g.in_len(), 1)?;
         let (copy, dyview) = self.texture_of(dy, g.out_len() / g.out_c, g.out_c)?;
-        let grid = [u(g.out_c.div_ceil(32)), u(slices.div_ceil(4)), 1];
-        let textures = [("xtex", &xview), ("dytex", &dyview)];
-        let main = self.k.dispatch_grid(self.gpu, "conv2d_backward_kernel_thin", &un, &[("part4", &part)], &textures, grid)?;
-        let main = copy.into_iter().chain(xcopy).fold(main, |d, c| d.after(c));
-        let reduce_buffers = [("grads", grads.params), ("partial_sums", &part)];
-        let reduce = self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", &un, &reduce_buffers, g.kernel_len())?;
-        Ok(main.then(reduce).keeping(part).named("conv2d_backward_kernel_thin"))
+        let d = self.sliced_and_reduced(g, grads, images, |part, un, slices| {
+            let grid = [u(g.out_c.div_ceil(32)), u(slices.div_ceil(4)), 1];
+            let textures = [("xtex", &xview), ("dytex", &dyview)];
+            let main = self.k.dispatch_grid(self.gpu, "conv2d_backward_kernel_thin", un, &[("part4", part)], &textures, grid)?;
+            Ok(copy.into_iter().chain(xcopy).fold(main, |d, c| d.after(c)))
+        })?;
+        Ok(d.named("conv2d_backward_kernel_thin"))
     }
 
     /// conv2d_backward_kernel_subgroup on conv geometry `g`: partial sums over slices of
@@ -648,10 +621,6 @@ impl Ops<'_> {
         // slice's pixels 8 at a time.
         let plane = g.out_h * g.out_w;
         let images = g.batch.div_ceil(128usize.div_ceil(blocks)).min(8 * LOOP_BUDGET / plane).max(1);
-        let slices = g.batch.div_ceil(images);
-        let groups = (blocks * slices).div_ceil(4);
-        let part = self.gpu.zeros("partial kernel gradients", slices * g.kernel_len());
-        let un = ConvUniform { slice_images: u(images), slices: u(slices), ..ConvUniform::new(g, grads, false) };
         let mut first: Vec<Dispatch> = Vec::new();
         let mut views = Vec::new();
         for (buf, len, channels) in [(x, g.in_len(), g.in_c), (dy, g.out_len(), g.out_c)] {
@@ -659,14 +628,13 @@ impl Ops<'_> {
             first.extend(pack);
             views.push(v);
         }
-        let buffers = [("part4", &part)];
-        let textures = [("xtex", &views[0]), ("dytex", &views[1])];
-        let entry = form.entry("conv2d_backward_kernel_subgroup");
-        let main = self.k.dispatch_grid(self.gpu, &entry, &un, &buffers, &textures, [u(groups), 1, 1])?;
-        let main = first.into_iter().rev().fold(main, |d, f| d.after(f));
-        let reduce_buffers = [("grads", grads.params), ("partial_sums", &part)];
-        let reduce = self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", &un, &reduce_buffers, g.kernel_len())?;
-        Ok(main.then(reduce).keeping(part))
+        self.sliced_and_reduced(g, grads, images, |part, un, slices| {
+            let textures = [("xtex", &views[0]), ("dytex", &views[1])];
+            let entry = form.entry("conv2d_backward_kernel_subgroup");
+            let groups = (blocks * slices).div_ceil(4);
+            let main = self.k.dispatch_grid(self.gpu, &entry, un, &[("part4", part)], &textures, [u(groups), 1, 1])?;
+            Ok(first.into_iter().rev().fold(main, |d, f| d.after(f)))
+        })
     }
 
     /// conv2d_forward_tiled on conv geometry `g`: 64 x 64 output tiles.
@@ -713,15 +681,10 @@ impl Ops<'_> {
         // pixels) stay under llvmpipe's loop budget.
         let plane = g.out_h * g.out_w;
         let images = g.batch.div_ceil(32usize.div_ceil(groups)).min(16 * LOOP_BUDGET / 24 / plane).max(1);
-        let slices = g.batch.div_ceil(images);
-        let part = self.gpu.zeros("partial kernel gradients", slices * g.kernel_len());
-        let un = ConvUniform { slice_images: u(images), slices: u(slices), ..ConvUniform::new(g, grads, false) };
-        let buffers = [("x4", x), ("dy4", dy), ("part4", &part)];
-        let grid = [u(g.out_c.div_ceil(64)), u(rows.div_ceil(64) * slices), 1];
-        let main = self.k.dispatch_grid(self.gpu, "conv2d_backward_kernel_tiled", &un, &buffers, &[], grid)?;
-        let reduce_buffers = [("grads", grads.params), ("partial_sums", &part)];
-        let reduce = self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", &un, &reduce_buffers, g.kernel_len())?;
-        Ok(main.then(reduce).keeping(part))
+        self.sliced_and_reduced(g, grads, images, |part, un, slices| {
+            let grid = [u(g.out_c.div_ceil(64)), u(rows.div_ceil(64) * slices), 1];
+            self.k.dispatch_grid(self.gpu, "conv2d_backward_kernel_tiled", un, &[("x4", x), ("dy4", dy), ("part4", part)], &[], grid)
+        })
     }
 
     pub fn conv2d_forward(&self, g: &ConvGeom, x: &wgpu::Buffer, w: Weights<'_>, relu: bool, y: &wgpu::Buffer) -> Result<Dispatch> {
@@ -762,17 +725,28 @@ impl Ops<'_> {
         grads: Weights<'_>,
     ) -> Result<Dispatch> {
         let images = images_within_loop_budget(spatial.0, spatial.1).min(g.batch);
+        self.sliced_and_reduced(g, grads, images, |part, u, slices| {
+            self.k.dispatch(self.gpu, entry, u, &[("x", x), ("dy", dy), ("part", part)], slices * g.kernel_len())
+        })
+    }
+
+    /// The kernel gradient of conv `g` into `grads` as every family computes it: `partial`
+    /// (given the buffer of partial sums, the uniform and the number of slices) sums over
+    /// slices of `images` images each, then conv2d_backward_kernel_reduce adds the slices
+    /// in order.
+    fn sliced_and_reduced(
+        &self,
+        g: &ConvGeom,
+        grads: Weights<'_>,
+        images: usize,
+        partial: impl FnOnce(&wgpu::Buffer, &ConvUniform, usize) -> Result<Dispatch>,
+    ) -> Result<Dispatch> {
         let slices = g.batch.div_ceil(images);
         let part = self.gpu.zeros("partial kernel gradients", slices * g.kernel_len());
-        let u = ConvUniform { slice_images: u(images), slices: u(slices), ..ConvUniform::new(g, grads, false) };
-        let main = self.k.dispatch(self.gpu, entry, &u, &[("x", x), ("dy", dy), ("part", &part)], slices * g.kernel_len())?;
-        let reduce = self.k.dispatch(
-            self.gpu,
-            "conv2d_backward_kernel_reduce",
-            &u,
-            &[("grads", grads.params), ("partial_sums", &part)],
-            g.kernel_len(),
-        )?;
+        let un = ConvUniform { slice_images: u(images), slices: u(slices), ..ConvUniform::new(g, grads, false) };
+        let main = partial(&part, &un, slices)?;
+        let reduce_buffers = [("grads", grads.params), ("partial_sums", &part)];
+        let reduce = self.k.dispatch(self.gpu, "conv2d_backward_kernel_reduce", &un, &reduce_buffers, g.kernel_len())?;
         Ok(main.then(reduce).keeping(part))
     }
 
