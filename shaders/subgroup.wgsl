@@ -166,18 +166,13 @@ fn relu_mask_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 // loops over pixels.
 struct KernelRows { ti: vec4<i32>, tj: vec4<i32>, c: vec4<u32>, live: vec4<bool> }
 
+// Built by its constructor, never as a `var`: naga gives every struct explicit offsets,
+// which Vulkan forbids on function-local variables (tests/naga_portability.rs).
 fn kernel_rows(k4: u32) -> KernelRows {
     let k_total = p.k_h * p.k_w * p.in_c;
-    var r: KernelRows;
-    for (var q = 0u; q < 4u; q++) {
-        let k = 4u * k4 + q;
-        let tap = k / p.in_c;
-        r.ti[q] = i32(tap / p.k_w);
-        r.tj[q] = i32(tap % p.k_w);
-        r.c[q] = k % p.in_c;
-        r.live[q] = k < k_total;
-    }
-    return r;
+    let k = vec4<u32>(4u * k4) + vec4<u32>(0u, 1u, 2u, 3u);
+    let tap = k / vec4<u32>(p.in_c);
+    return KernelRows(vec4<i32>(tap / vec4<u32>(p.k_w)), vec4<i32>(tap % vec4<u32>(p.k_w)), k % vec4<u32>(p.in_c), k < vec4<u32>(k_total));
 }
 
 // The image and coarse pixel (b, oy, ox) of output pixel m.

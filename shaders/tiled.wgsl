@@ -37,8 +37,10 @@ fn tile(wg: vec3<u32>, lid: vec3<u32>) -> Tile {
     return Tile(wg.y * 64u, wg.x * 64u, lid.xy);
 }
 
-// 16 reduction steps from the slabs into the invocation's accumulators (rows 4 ty..).
-fn multiply(t: vec2<u32>, acc: ptr<function, array<vec4<f32>, 4>>) {
+// 16 reduction steps from the slabs into the invocation's accumulators (rows 4 ty..),
+// one matrix column a row: an array here would carry naga's ArrayStride, which Vulkan
+// forbids on function-local variables (tests/naga_portability.rs).
+fn multiply(t: vec2<u32>, acc: ptr<function, mat4x4<f32>>) {
     for (var k = 0u; k < 16u; k++) {
         let a = a_s[k * 16u + t.y];
         let b = b_s[k * 16u + t.x];
@@ -100,7 +102,7 @@ fn conv2d_forward_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_inv
     let tl = tile(wg, lid);
     let k_total = p.k_h * p.k_w * p.in_c;
     let m_total = p.batch * p.out_h * p.out_w;
-    var acc: array<vec4<f32>, 4>;
+    var acc: mat4x4<f32>;
     for (var k0 = 0u; k0 < k_total; k0 += 16u) {
         // a slab: 64 pixels x 16 steps, 4 steps per invocation.
         let r = li / 4u;
@@ -155,7 +157,7 @@ fn conv2d_backward_input_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(lo
     let ph = phase();
     let m_total = p.batch * ph.n.x * ph.n.y;
     let k_total = ph.taps.x * ph.taps.y * p.out_c;
-    var acc: array<vec4<f32>, 4>;
+    var acc: mat4x4<f32>;
     for (var k0 = 0u; k0 < k_total; k0 += 16u) {
         let r = li / 4u;
         let m = tl.r0 + r;
@@ -212,7 +214,7 @@ fn conv2d_backward_kernel_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(l
     let plane = p.out_h * p.out_w;
     let m_begin = slice * p.slice_images * plane;
     let m_end = min((slice + 1u) * p.slice_images, p.batch) * plane;
-    var acc: array<vec4<f32>, 4>;
+    var acc: mat4x4<f32>;
     for (var m0 = m_begin; m0 < m_end; m0 += 16u) {
         // a slab: 16 pixels (the reduction) x 64 kernel rows, 4 rows per invocation.
         let mm = m0 + li / 16u;

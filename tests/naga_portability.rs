@@ -131,3 +131,133 @@ fn workgroup_sizes_come_from_one_place() {
         }
     }
 }
+
+/// The SPIR-V options wgpu's Vulkan backend uses on a Vulkan 1.3 device: SPIR-V 1.6,
+/// indices and buffer and image accesses clamped (`Restrict`, for drivers without
+/// robust access).
+fn vulkan_options() -> spv::Options<'static> {
+    let restrict = naga::proc::BoundsCheckPolicy::Restrict;
+    spv::Options {
+        lang_version: (1, 6),
+        // Names in the report; types and decorations are the same without it.
+        flags: spv::WriterFlags::DEBUG,
+        bounds_check_policies: naga::proc::BoundsCheckPolicies {
+            index: restrict,
+            buffer: restrict,
+            image_load: restrict,
+            binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+        },
+        ..Default::default()
+    }
+}
+
+/// The variables of SPIR-V `words` whose storage class forbids explicit layout
+/// (Function, Private) but whose type carries one (an Offset, ArrayStride or
+/// MatrixStride decoration, on the type or anything inside it): Vulkan's
+/// VUID-StandaloneSpirv-None-10684, which the Khronos validation layer reports and
+/// wgpu's own debug messenger hides. Each as "storage class: type description".
+fn explicit_layout_in_function_variables(words: &[u32]) -> Vec<String> {
+    use std::collections::{HashMap, HashSet};
+    // Opcodes, decorations and storage classes, from the SPIR-V specification.
+    const OP_NAME: u32 = 5;
+    const OP_TYPE_ARRAY: u32 = 28;
+    const OP_TYPE_RUNTIME_ARRAY: u32 = 29;
+    const OP_TYPE_STRUCT: u32 = 30;
+    const OP_TYPE_POINTER: u32 = 32;
+    const OP_VARIABLE: u32 = 59;
+    const OP_DECORATE: u32 = 71;
+    const OP_MEMBER_DECORATE: u32 = 72;
+    const LAYOUT: [u32; 3] = [35, 6, 7]; // Offset, ArrayStride, MatrixStride
+    const PRIVATE: u32 = 6;
+    const FUNCTION: u32 = 7;
+    let (mut laid_out, mut inner, mut pointee, mut names) =
+        (HashSet::new(), HashMap::<u32, Vec<u32>>::new(), HashMap::new(), HashMap::new());
+    let mut vars = Vec::new();
+    let mut i = 5;
+    while i < words.len() {
+        let (count, op) = ((words[i] >> 16) as usize, words[i] & 0xffff);
+        let w = &words[i + 1..i + count.max(1)];
+        match op {
+            OP_NAME => {
+                let bytes: Vec<u8> = w[1..].iter().flat_map(|x| x.to_le_bytes()).take_while(|&b| b != 0).collect();
+                names.insert(w[0], String::from_utf8_lossy(&bytes).into_owned());
+            }
+            OP_DECORATE if LAYOUT.contains(&w[1]) => {
+                laid_out.insert(w[0]);
+            }
+            OP_MEMBER_DECORATE if LAYOUT.contains(&w[2]) => {
+                laid_out.insert(w[0]);
+            }
+            OP_TYPE_ARRAY | OP_TYPE_RUNTIME_ARRAY => {
+                inner.insert(w[0], vec![w[1]]);
+            }
+            OP_TYPE_STRUCT => {
+                inner.insert(w[0], w[1..].to_vec());
+            }
+            OP_TYPE_POINTER => {
+                pointee.insert(w[0], (w[1], w[2]));
+            }
+            OP_VARIABLE => vars.push((w[0], w[2])),
+            _ => {}
+        }
+        i += count.max(1);
+    }
+    fn has_layout(t: u32, laid_out: &HashSet<u32>, inner: &HashMap<u32, Vec<u32>>) -> bool {
+        laid_out.contains(&t) || inner.get(&t).is_some_and(|ts| ts.iter().any(|&m| has_layout(m, laid_out, inner)))
+    }
+    vars.iter()
+        .filter(|&&(_, class)| class == FUNCTION || class == PRIVATE)
+        .filter_map(|&(ptr, class)| {
+            let &(_, ty) = pointee.get(&ptr)?;
+            has_layout(ty, &laid_out, &inner).then(|| {
+                let what = names.get(&ty).cloned().unwrap_or_else(|| format!("type %{ty}"));
+                format!("{} variable of {what}", if class == FUNCTION { "Function" } else { "Private" })
+            })
+        })
+        .collect()
+}
+
+/// No entry point's SPIR-V gives a function-local variable a type with explicit layout
+/// (a uniform struct copied into a `var`, or a value naga spills to index it): the
+/// Vulkan spec forbids it, drivers tolerate it today and a stricter one may not.
+#[test]
+fn no_function_variable_has_an_explicit_layout() {
+    let mut bad = Vec::new();
+    for (name, _) in SHADER_FILES {
+        let (module, _) = naga_module(name).unwrap_or_else(|e| panic!("{e:#}"));
+        let caps = if SUBGROUP_FILES.contains(&name) { naga::valid::Capabilities::SUBGROUP } else { naga::valid::Capabilities::empty() };
+        for ep in &module.entry_points {
+            let m = entry_module(&module, &ep.name);
+            let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps).validate(&m).unwrap();
+            let words = spv::write_vec(&m, &info, &vulkan_options(), None).unwrap_or_else(|e| panic!("{} -> SPIR-V: {e}", ep.name));
+            for v in explicit_layout_in_function_variables(&words) {
+                bad.push(format!("shaders/{name}.wgsl {}: {v}", ep.name));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{} entry points break VUID-StandaloneSpirv-None-10684:\n{}", bad.len(), bad.join("\n"));
+}
+
+/// The check above sees what it looks for: with today's naga, a function-local `var` of
+/// a struct or of a fixed-size array carries explicit layout (naga decorates every
+/// struct with offsets and every array with a stride), a matrix does not. If a naga
+/// update stops decorating them, this fails and the workarounds in `tiled.wgsl`
+/// (`mat4x4` accumulators) and `subgroup.wgsl` (`KernelRows` by constructor) can go.
+#[test]
+fn the_layout_check_sees_structs_and_arrays_in_function_variables() {
+    let wgsl = |body: &str| {
+        let src = format!(
+            "struct S {{ a: vec4<f32>, b: u32 }}
+             @group(0) @binding(0) var<storage, read_write> out: array<f32>;
+             @compute @workgroup_size(1) fn main(@builtin(local_invocation_index) i: u32) {{ {body} }}"
+        );
+        let m = naga::front::wgsl::parse_str(&src).unwrap();
+        let info =
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty()).validate(&m).unwrap();
+        explicit_layout_in_function_variables(&spv::write_vec(&m, &info, &vulkan_options(), None).unwrap())
+    };
+    assert_eq!(wgsl("var s: S; s.b = i; out[0] = s.a.x + f32(s.b);"), ["Function variable of S"]);
+    assert_eq!(wgsl("var a: array<vec4<f32>, 4>; a[i % 4u].x = 1.0; out[0] = a[0].x;").len(), 1);
+    assert!(wgsl("var m: mat4x4<f32>; m[i % 4u].x = 1.0; out[0] = m[0].x;").is_empty());
+    assert!(wgsl("let s = S(vec4<f32>(1.0), i); out[0] = s.a.x + f32(s.b);").is_empty());
+}
