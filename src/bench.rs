@@ -139,7 +139,7 @@ pub fn run(a: &BenchArgs) -> Result<Option<Report>> {
     let mut phases = Phases::new();
     // Decoded on another core while the device opens and the shaders are checked, as `train` does.
     let data = std::thread::spawn(Dataset::embedded);
-    let gpu = Gpu::open(a.adapter)?;
+    let gpu = Gpu::open(a.adapter.clone())?;
     phases.mark("adapter");
     let kernels = Kernels::new(&gpu)?;
     phases.mark("shaders checked");

@@ -125,8 +125,9 @@ struct TrainArgs {
     /// Keep grayscale pixels instead of binarizing at 0.5.
     #[arg(long)]
     no_binarize: bool,
-    /// GPU backend; auto prefers a real GPU over a software one.
-    #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
+    /// GPU adapter: auto, a backend (vulkan, metal, dx12, gl), a number from `cvae adapters`
+    /// or part of an adapter's name; auto prefers a real GPU over a software one.
+    #[arg(long, default_value = "auto")]
     adapter: AdapterChoice,
     /// Continue the run in this folder from its last checkpoint (its saved config is used; --epochs may extend it, --lr may change it).
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
@@ -177,7 +178,7 @@ struct ServeArgs {
     pretrained: Option<Pretrained>,
     #[command(flatten)]
     listen: Listen,
-    #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
+    #[arg(long, default_value = "auto")]
     adapter: AdapterChoice,
     /// How many test images' latent means the page plots.
     #[arg(long, default_value_t = cvae::serve::DEFAULT_POINTS)]
@@ -189,7 +190,7 @@ struct ServeArgs {
 
 #[derive(clap::Args)]
 struct BenchCli {
-    #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
+    #[arg(long, default_value = "auto")]
     adapter: AdapterChoice,
     #[arg(long, value_enum, default_value_t = Preset::TfCvae)]
     preset: Preset,
@@ -225,7 +226,7 @@ struct ModelArgs {
     /// Use the weights built into cvae instead of a run (no training needed).
     #[arg(long, value_enum)]
     pretrained: Option<Pretrained>,
-    #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
+    #[arg(long, default_value = "auto")]
     adapter: AdapterChoice,
     /// The PNG to write [default: inside the run folder].
     #[arg(long)]
@@ -235,7 +236,7 @@ struct ModelArgs {
 impl ModelArgs {
     /// The model of a run folder, a file or built-in weights, on the chosen adapter.
     fn session(&self) -> Result<inspect::Session> {
-        inspect::Session::open(&source(self.run.clone(), self.pretrained), self.adapter)
+        inspect::Session::open(&source(self.run.clone(), self.pretrained), self.adapter.clone())
     }
 }
 
@@ -326,7 +327,7 @@ struct EvalArgs {
     /// Use the weights built into cvae instead of a run.
     #[arg(long, value_enum)]
     pretrained: Option<Pretrained>,
-    #[arg(long, value_enum, default_value_t = AdapterChoice::Auto)]
+    #[arg(long, default_value = "auto")]
     adapter: AdapterChoice,
     /// Importance samples per image for log p(x) (the literature uses up to 5,000).
     #[arg(long, default_value_t = 100)]
@@ -536,7 +537,7 @@ fn on_ctrl_c() -> (Arc<AtomicBool>, Arc<AtomicBool>) {
 
 /// `train --serve`: the page of the run folder `out`, with the run's live progress.
 fn serve_run(out: &std::path::Path, a: &TrainArgs, live: Arc<cvae::live::Live>) -> Result<cvae::serve::Server> {
-    let mut opts = serve_options(inspect::Source::Path(out.to_path_buf()), &a.listen, a.adapter);
+    let mut opts = serve_options(inspect::Source::Path(out.to_path_buf()), &a.listen, a.adapter.clone());
     // The folder may not exist yet: the page waits for its first epoch.
     opts.run_dir = Some(out.to_path_buf());
     let s = cvae::serve::start(opts, Some(live))?;

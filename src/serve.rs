@@ -445,7 +445,7 @@ fn stamp(source: &Source) -> Option<SystemTime> {
 fn worker(opts: ServeOptions, shared: Arc<Shared>, rx: Receiver<Job>) {
     while !shared.stop.load(Ordering::SeqCst) {
         let seen = stamp(&opts.source);
-        let session = match Session::open(&opts.source, opts.adapter) {
+        let session = match Session::open(&opts.source, opts.adapter.clone()) {
             Ok(s) => s,
             Err(e) => {
                 *shared.status.write().unwrap_or_else(|e| e.into_inner()) = not_ready(&opts, &e);

@@ -147,7 +147,7 @@ pub fn run(config: TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     // warm lavapipe start, 0.3 s of the 2 s before the first step, on one core).
     let (opened, device) = std::thread::scope(|s| {
         let device = s.spawn(|| -> Result<(Gpu, Kernels)> {
-            let gpu = Gpu::open(opts.adapter)?;
+            let gpu = Gpu::open(opts.adapter.clone())?;
             let kernels = Kernels::new(&gpu)?;
             Ok((gpu, kernels))
         });

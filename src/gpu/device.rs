@@ -2,27 +2,68 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
-/// Which backend to use; `auto` prefers a real GPU over a software one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+/// Which adapter to use (`--adapter`): `auto`, a backend, an index into `cvae adapters`'
+/// list, or a case-insensitive part of an adapter's name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum AdapterChoice {
+    /// The adapter most likely fastest (`rank`).
     #[default]
     Auto,
     Vulkan,
     Metal,
     Dx12,
     Gl,
+    /// The adapter at this place in `cvae adapters`' list.
+    Index(usize),
+    /// The one adapter whose name contains this, ignoring case.
+    Name(String),
+}
+
+impl std::str::FromStr for AdapterChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        Ok(match s.to_lowercase().as_str() {
+            "" => return Err("an adapter: auto, vulkan, metal, dx12, gl, an index from `cvae adapters` or part of a name".into()),
+            "auto" => AdapterChoice::Auto,
+            "vulkan" => AdapterChoice::Vulkan,
+            "metal" => AdapterChoice::Metal,
+            "dx12" => AdapterChoice::Dx12,
+            "gl" => AdapterChoice::Gl,
+            _ => match s.parse::<usize>() {
+                Ok(i) => AdapterChoice::Index(i),
+                Err(_) => AdapterChoice::Name(s.to_string()),
+            },
+        })
+    }
+}
+
+impl std::fmt::Display for AdapterChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdapterChoice::Auto => write!(f, "auto"),
+            AdapterChoice::Vulkan => write!(f, "vulkan"),
+            AdapterChoice::Metal => write!(f, "metal"),
+            AdapterChoice::Dx12 => write!(f, "dx12"),
+            AdapterChoice::Gl => write!(f, "gl"),
+            AdapterChoice::Index(i) => write!(f, "{i}"),
+            AdapterChoice::Name(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 impl AdapterChoice {
-    pub fn backends(self) -> wgpu::Backends {
+    /// The backends this choice looks on.
+    pub fn backends(&self) -> wgpu::Backends {
         match self {
-            AdapterChoice::Auto => wgpu::Backends::all(),
             AdapterChoice::Vulkan => wgpu::Backends::VULKAN,
             AdapterChoice::Metal => wgpu::Backends::METAL,
             AdapterChoice::Dx12 => wgpu::Backends::DX12,
             AdapterChoice::Gl => wgpu::Backends::GL,
+            AdapterChoice::Auto | AdapterChoice::Index(_) | AdapterChoice::Name(_) => wgpu::Backends::all(),
         }
     }
 }
@@ -51,16 +92,35 @@ pub fn quiet_driver_noise() {
     }
 }
 
-pub fn instance(backends: wgpu::Backends) -> wgpu::Instance {
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = backends;
-    wgpu::Instance::new(desc)
+/// The process's one wgpu instance, on every backend. One, not one per look at the
+/// adapters: each Vulkan instance loads the drivers and layers again (and the validation
+/// layer starts its log file anew, losing what an earlier instance wrote there).
+pub fn instance() -> &'static wgpu::Instance {
+    static INSTANCE: std::sync::OnceLock<wgpu::Instance> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        quiet_driver_noise();
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::all();
+        wgpu::Instance::new(desc)
+    })
 }
 
-/// Every adapter wgpu can see on the given backends.
-pub fn enumerate(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
-    quiet_driver_noise();
-    pollster::block_on(instance(backends).enumerate_adapters(backends))
+/// Run `f` on every adapter wgpu can see on the given backends, one thread at a time:
+/// wgpu's GL backend makes the instance's one EGL context current on the calling thread
+/// to list its adapter and again to drop it, and a second thread doing either meanwhile
+/// panics inside wgpu (EGL BadAccess). An adapter kept from `f` is a clone.
+fn with_adapters<R>(backends: wgpu::Backends, f: impl FnOnce(&[wgpu::Adapter]) -> R) -> R {
+    static LISTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = LISTING.lock().unwrap_or_else(|p| p.into_inner());
+    let adapters = pollster::block_on(instance().enumerate_adapters(backends));
+    let r = f(&adapters);
+    drop(adapters);
+    r
+}
+
+/// What wgpu tells of every adapter on the given backends, in `cvae adapters`' order.
+pub fn adapter_infos(backends: wgpu::Backends) -> Vec<wgpu::AdapterInfo> {
+    with_adapters(backends, |a| a.iter().map(|a| a.get_info()).collect())
 }
 
 pub fn describe(info: &wgpu::AdapterInfo) -> String {
@@ -72,34 +132,58 @@ pub fn describe(info: &wgpu::AdapterInfo) -> String {
     format!("{} ({:?}, {:?}, {})", info.name, info.backend, info.device_type, driver)
 }
 
-/// A table of the adapters, or a message saying there are none and how to get one.
-pub fn adapters_report() -> (String, usize) {
-    let adapters = enumerate(wgpu::Backends::all());
-    if adapters.is_empty() {
-        return (format!("No GPU adapter found (looked on Vulkan, Metal, DX12 and GL).\n{LAVAPIPE_HELP}\n"), 0);
-    }
+/// The adapters as `cvae adapters` lists them, one numbered line each.
+fn table(adapters: &[wgpu::Adapter]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:<3} {:<40} {:<8} {:<14} driver", "#", "name", "backend", "type");
+    let _ = writeln!(s, "{:<3} {:<40} {:<8} {:<14} {:<9} driver", "#", "name", "backend", "type", "subgroups");
     for (i, a) in adapters.iter().enumerate() {
         let info = a.get_info();
         let driver = format!("{} {}", info.driver, info.driver_info);
+        let lanes = if !a.features().contains(wgpu::Features::SUBGROUP) {
+            "none".to_string()
+        } else if info.subgroup_min_size == info.subgroup_max_size {
+            info.subgroup_min_size.to_string()
+        } else {
+            format!("{}-{}", info.subgroup_min_size, info.subgroup_max_size)
+        };
         let _ = writeln!(
             s,
-            "{:<3} {:<40} {:<8} {:<14} {}",
+            "{:<3} {:<40} {:<8} {:<14} {:<9} {}",
             i,
             info.name,
             format!("{:?}", info.backend),
             format!("{:?}", info.device_type),
+            lanes,
             driver.trim()
         );
     }
-    if let Some(best) = pick(adapters) {
-        let _ = writeln!(s, "\n`--adapter auto` would use: {}", describe(&best.get_info()));
-    }
-    (s, 1)
+    s
 }
 
-fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+/// A table of the adapters, or a message saying there are none and how to get one.
+pub fn adapters_report() -> (String, usize) {
+    with_adapters(wgpu::Backends::all(), |adapters| {
+        if adapters.is_empty() {
+            return (format!("No GPU adapter found (looked on Vulkan, Metal, DX12 and GL).\n{LAVAPIPE_HELP}\n"), 0);
+        }
+        let mut s = table(adapters);
+        if let Some(best) = (0..adapters.len()).min_by_key(|&i| rank(&adapters[i], i)) {
+            let _ = writeln!(s, "\n`--adapter auto` takes #{best}: {}", describe(&adapters[best].get_info()));
+            let _ = writeln!(
+                s,
+                "  (auto ranks by type: discrete GPU, integrated, virtual, other, CPU; then a native API over GL;\n   \
+                 then subgroups of {SUBGROUP_LANES} lanes, which cvae's subgroup kernels need; then the order above)"
+            );
+        }
+        let _ = writeln!(s, "Choose another with --adapter N (its # above) or --adapter NAME (part of its name, any case).");
+        (s, adapters.len())
+    })
+}
+
+/// Smaller is preferred by `auto`: the device type, a native API, 8-lane subgroups
+/// (the subgroup kernels run there), then the order wgpu lists them in.
+fn rank(adapter: &wgpu::Adapter, index: usize) -> (u8, u8, u8, usize) {
+    let info = adapter.get_info();
     let kind = match info.device_type {
         wgpu::DeviceType::DiscreteGpu => 0,
         wgpu::DeviceType::IntegratedGpu => 1,
@@ -108,12 +192,56 @@ fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
         wgpu::DeviceType::Cpu => 4,
     };
     // GL lacks compute features we like to have; prefer the native APIs.
-    let backend = if info.backend == wgpu::Backend::Gl { 1 } else { 0 };
-    (kind, backend)
+    let backend = u8::from(info.backend == wgpu::Backend::Gl);
+    let lanes = adapter.features().contains(wgpu::Features::SUBGROUP)
+        && info.subgroup_min_size == SUBGROUP_LANES
+        && info.subgroup_max_size == SUBGROUP_LANES;
+    (kind, backend, u8::from(!lanes), index)
 }
 
-fn pick(adapters: Vec<wgpu::Adapter>) -> Option<wgpu::Adapter> {
-    adapters.into_iter().min_by_key(|a| rank(&a.get_info()))
+/// The adapter `choice` names, or an error that lists the adapters there are.
+pub fn select(choice: &AdapterChoice) -> Result<wgpu::Adapter> {
+    let picked = with_adapters(choice.backends(), |adapters| -> Result<wgpu::Adapter, String> {
+        match choice {
+            AdapterChoice::Index(i) => {
+                adapters.get(*i).cloned().ok_or_else(|| format!("--adapter {i}: there is no adapter #{i} ({} found)", adapters.len()))
+            }
+            AdapterChoice::Name(part) => {
+                let want = part.to_lowercase();
+                let mut hits: Vec<(usize, &wgpu::Adapter)> =
+                    adapters.iter().enumerate().filter(|(_, a)| a.get_info().name.to_lowercase().contains(&want)).collect();
+                if hits.is_empty() {
+                    return Err(format!("--adapter {part}: no adapter's name contains {part:?}"));
+                }
+                // One device on several backends (llvmpipe on Vulkan and GL) is one
+                // choice: the native API. Different devices are ambiguous.
+                let first = hits[0].1.get_info().name;
+                if hits.iter().any(|(_, a)| a.get_info().name != first) {
+                    let names: Vec<String> = hits.iter().map(|(i, a)| format!("#{i} {}", a.get_info().name)).collect();
+                    return Err(format!(
+                        "--adapter {part}: {part:?} is part of several adapters' names ({}); give its number or more of its name",
+                        names.join(", ")
+                    ));
+                }
+                hits.sort_by_key(|&(i, a)| rank(a, i));
+                Ok(hits[0].1.clone())
+            }
+            _ => (0..adapters.len())
+                .min_by_key(|&i| rank(&adapters[i], i))
+                .map(|i| adapters[i].clone())
+                .ok_or_else(|| format!("no adapter for --adapter {choice}")),
+        }
+    });
+    picked.map_err(|e| {
+        let listing = with_adapters(wgpu::Backends::all(), |all| {
+            if all.is_empty() {
+                format!("no adapter exists on any backend.\n{LAVAPIPE_HELP}")
+            } else {
+                format!("the adapters are:\n{}", table(all))
+            }
+        });
+        anyhow!("{e}; {listing}")
+    })
 }
 
 /// The device and queue the program computes on, with what the adapter offers.
@@ -134,21 +262,11 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// Open a device on the best adapter of the chosen backend, asking for
+    /// Open a device on the adapter `choice` names (`select`), asking for
     /// nothing beyond wgpu's default limits, plus timestamp queries and subgroups
     /// when present.
     pub fn open(choice: AdapterChoice) -> Result<Gpu> {
-        let adapters = enumerate(choice.backends());
-        let Some(adapter) = pick(adapters) else {
-            let others = enumerate(wgpu::Backends::all());
-            let list = if others.is_empty() {
-                "none on any backend".to_string()
-            } else {
-                others.iter().map(|a| describe(&a.get_info())).collect::<Vec<_>>().join("; ")
-            };
-            bail!("no adapter for --adapter {} (adapters that exist: {list}).\n{LAVAPIPE_HELP}", format!("{choice:?}").to_lowercase());
-        };
-        Gpu::on(adapter)
+        Gpu::on(select(&choice)?)
     }
 
     /// A second device on the same adapter, with the same features and limits: its own
@@ -165,8 +283,15 @@ impl Gpu {
             bail!("adapter {} is below wgpu's default limits, which cvae needs: {missing}", describe(&info));
         }
         // Timestamps for the benchmark, subgroups for the kernels that use them; both
-        // optional: without them those parts are simply not offered.
-        let features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
+        // optional: without them those parts are simply not offered. The subgroup
+        // kernels are written for subgroups of exactly 8 lanes, so elsewhere the feature
+        // is not asked for and their file is neither parsed nor built: SwiftShader (4
+        // lanes) exhausted the host's memory compiling its unrolled kernels.
+        let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
+        if info.subgroup_min_size == SUBGROUP_LANES && info.subgroup_max_size == SUBGROUP_LANES {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
+        let features = adapter.features() & wanted;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("cvae"),
             required_features: features,
@@ -199,6 +324,9 @@ fn missing_limits(needed: &wgpu::Limits, have: &wgpu::Limits) -> Option<String> 
     needed.check_limits_with_fail_fn(have, false, |name, want, got| out.push(format!("{name}: need {want}, adapter has {got}")));
     (!out.is_empty()).then(|| out.join(", "))
 }
+
+/// The subgroup width `shaders/subgroup.wgsl` is written for.
+pub const SUBGROUP_LANES: u32 = 8;
 
 /// Usage of every tensor buffer: bound as storage, filled and read by copies.
 pub const TENSOR: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);

@@ -31,7 +31,8 @@ pub const SHADER_FILES: [(&str, &str); 12] = [
     ("tiled", include_str!("../../shaders/tiled.wgsl")),
 ];
 
-/// Files whose kernels need `Features::SUBGROUP`: built only on a device that has it.
+/// Files whose kernels need `Features::SUBGROUP`: parsed and built only on a device that
+/// has it (`Gpu` asks for it only where subgroups are 8 lanes wide).
 pub const SUBGROUP_FILES: [&str; 1] = ["subgroup"];
 
 /// Prepended to every file: the shared structs and helpers, and the RNG.

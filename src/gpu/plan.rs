@@ -98,11 +98,10 @@ impl Variant {
 }
 
 /// The families this device can run. The subgroup kernels are written for subgroups
-/// of exactly 8 lanes (lavapipe on a 256-bit host); elsewhere they are not offered.
+/// of exactly 8 lanes (lavapipe on a 256-bit host): `Gpu` asks for the feature only there.
 pub fn offered(gpu: &Gpu) -> Vec<Variant> {
     let mut v = vec![Variant::Portable, Variant::Blocked, Variant::Tiled];
-    let (min, max) = (gpu.info.subgroup_min_size, gpu.info.subgroup_max_size);
-    if gpu.features.contains(wgpu::Features::SUBGROUP) && min == 8 && max == 8 {
+    if gpu.features.contains(wgpu::Features::SUBGROUP) {
         v.push(Variant::Subgroup);
     }
     v
