@@ -1,20 +1,23 @@
-//! Every WGSL entry point against its CPU twin on a real adapter (lavapipe here).
-//! These tests fail, never skip, without an adapter.
+//! Every WGSL entry point against its CPU twin on real adapters: each test runs on
+//! lavapipe and on SwiftShader (`name::lavapipe`, `name::swiftshader`), under the
+//! Khronos validation layer. These tests fail, never skip, without them.
 //!
 //! Tolerances for the sums of products (conv, transposed conv, dense, bias) come
 //! from `dot_bound`: the CPU op applied to absolute values gives, element by
 //! element, the sum of |terms| that rounding errors scale with. Transcendental
 //! ops add WGSL's accuracy for exp/log (3 + 2|x| ULP, log 2^-21 absolute near 1).
 
+#[macro_use]
 mod common;
 
 use std::sync::OnceLock;
 
+use common::Driver;
 use common::{abs_vec, assert_within, dot_bound, rand_vec, U};
 use cvae::cpu;
 use cvae::gpu::kernels::{Dispatch, Kernels};
 use cvae::gpu::ops::{Ops, StepUniform, Variant, Weights};
-use cvae::gpu::{device, AdapterChoice, Gpu};
+use cvae::gpu::Gpu;
 use cvae::model::{ConvGeom, KlKind, Layer, Model, Padding, Preset};
 use cvae::rng::{Rng, Stream};
 
@@ -23,14 +26,12 @@ struct Ctx {
     kernels: Kernels,
 }
 
+/// One device and its pipelines per driver, shared by the tests on that driver.
 fn ctx() -> &'static Ctx {
-    static CTX: OnceLock<Ctx> = OnceLock::new();
-    CTX.get_or_init(|| {
-        device::quiet_driver_noise();
-        let gpu = Gpu::open(AdapterChoice::Auto).unwrap_or_else(|e| {
-            panic!("no GPU device: {e:#}\n(the parity tests need a real adapter; on a headless Linux machine `apt-get install -y mesa-vulkan-drivers` provides lavapipe)")
-        });
-        eprintln!("adapter: {}", gpu.name());
+    static CTX: [OnceLock<Ctx>; 2] = [OnceLock::new(), OnceLock::new()];
+    let d = common::driver();
+    CTX[Driver::ALL.iter().position(|&x| x == d).expect("a known driver")].get_or_init(|| {
+        let gpu = d.open();
         let kernels = Kernels::new(&gpu).unwrap_or_else(|e| panic!("building the pipelines failed: {e:#}"));
         Ctx { gpu, kernels }
     })
@@ -219,12 +220,10 @@ fn conv_test_cases(transpose: bool, variant: Variant, cases: &[ConvGeom]) {
     eprintln!("PARITY {name}_backward_kernel ({variant:?}) max abs {:.2e} max rel {:.2e}", worst_k.0, worst_k.1);
 }
 
-#[test]
 fn conv2d_forward_backward_input_backward_kernel() {
     conv_test(false);
 }
 
-#[test]
 fn conv2d_transpose_forward_backward_input_backward_kernel() {
     conv_test(true);
 }
@@ -232,7 +231,6 @@ fn conv2d_transpose_forward_backward_input_backward_kernel() {
 /// The tf-cvae decoder's largest layers at the real batch of 100: a kernel gradient
 /// sums 78,400 products, past llvmpipe's budget of 65,535 loop iterations per
 /// invocation, so this catches a kernel that does not split its batch.
-#[test]
 fn conv2d_transpose_at_batch_100() {
     let m = Model::preset(Preset::TfCvae, 50, KlKind::Mc).unwrap();
     let cases: Vec<ConvGeom> = m.decoder.iter().filter_map(|l| l.conv_geom(100)).filter(|g| g.out_h == 28).collect();
@@ -268,7 +266,6 @@ fn subgroup_offered() -> bool {
 /// The subgroup family, where the adapter offers it (8-lane subgroups: lavapipe on a
 /// 256-bit host, as in CI). Elsewhere the plan never picks it, so there is nothing of
 /// it to hold to the CPU: the test says so and checks that it is not offered.
-#[test]
 fn every_layer_op_through_the_subgroup_family() {
     if !subgroup_offered() {
         return;
@@ -276,13 +273,11 @@ fn every_layer_op_through_the_subgroup_family() {
     family_test(Variant::Subgroup);
 }
 
-#[test]
 fn every_layer_op_through_the_tiled_family() {
     family_test(Variant::Tiled);
 }
 
 /// Dense shapes: batch 1 and odd, and every Dense of both presets.
-#[test]
 fn dense_forward_backward_input_backward_kernel() {
     for variant in VARIANTS {
         dense_cases(variant);
@@ -357,7 +352,6 @@ fn dense_cases(variant: Variant) {
 
 /// relu_backward is exact (a select); bias_backward sums `rows` values (fewer than 64
 /// rows: bias_backward_columns; 64 and more: the tree).
-#[test]
 fn relu_backward_and_bias_backward() {
     let o = ops();
     let gpu = &ctx().gpu;
@@ -388,7 +382,6 @@ fn relu_backward_and_bias_backward() {
 /// into the texture the layer's gradient kernels read, the bias gradient from partial
 /// sums over blocks of 64 rows. A Dense kernel gradient through the same `Packs` reads
 /// the texture. Bias: `rows` values summed; kernel gradient: `rows` products.
-#[test]
 fn relu_bias_backward_subgroup_masks_packs_and_sums() {
     if !subgroup_offered() {
         return;
@@ -434,7 +427,6 @@ fn step_buffer(step: StepUniform) -> wgpu::Buffer {
 
 /// Cross-entropy: each term carries exp and log errors of a few ULP and, near log(1),
 /// 2^-21 absolute; summed over `pixels` terms plus the summation's sqrt(pixels) u |sum|.
-#[test]
 fn sigmoid_cross_entropy_forward_backward_and_loss_reduce() {
     let o = ops();
     let gpu = &ctx().gpu;
@@ -481,7 +473,6 @@ fn sigmoid_cross_entropy_forward_backward_and_loss_reduce() {
 
 /// KL terms: exp of |lv| <= 2 errs by up to 3 + 2|x| ULP = 7 ULP; each output sums
 /// `latent` such terms (forward) or combines a handful (backward).
-#[test]
 fn kl_mc_and_analytic_forward_backward() {
     let o = ops();
     let gpu = &ctx().gpu;
@@ -556,8 +547,7 @@ fn kl_mc_and_analytic_forward_backward() {
 }
 
 /// The shader's RNG stream equals the CPU's: integers exactly, normals within
-/// WGSL's log/cos/sqrt accuracy (a few ULP of r, and cos's absolute error).
-#[test]
+/// `normal_bound` (arithmetic only, so a few ULP on any adapter).
 fn rng_stream_and_reparameterize_match_the_cpu() {
     let o = ops();
     let gpu = &ctx().gpu;
@@ -574,9 +564,7 @@ fn rng_stream_and_reparameterize_match_the_cpu() {
         let want_bits: Vec<u32> = (0..n as u32).flat_map(|i| rng.bits(stream, step, i)).collect();
         assert_eq!(got_bits, want_bits, "pcg4d bits differ (seed {seed}, {stream:?}, step {step})");
         let want = rng.normals(stream, step, n);
-        // |z| = r |cos|: r = sqrt(-2 ln u1) <= 5.8; cos(2 pi u2) errs by ~2^-20 absolute
-        // (argument rounding of 2 pi u2 and WGSL's cos), r by a few ULP.
-        let bound: Vec<f64> = want.iter().map(|&z| 6.0 * 2f64.powi(-20) + 16.0 * U * z.abs() as f64).collect();
+        let bound: Vec<f64> = want.iter().map(|&z| common::normal_bound(z)).collect();
         let e = assert_within(&format!("rng normals seed {seed}"), &read(&normals, n), &want, &bound);
         eprintln!("PARITY rng_stream bits exact; normals max abs {:.2e} max rel {:.2e}", e.0, e.1);
     }
@@ -589,13 +577,13 @@ fn rng_stream_and_reparameterize_match_the_cpu() {
     run(vec![o.reparameterize(batch, latent, rng.key(Stream::Noise), &eb, &sb, &zb, &epsb, false).unwrap()]);
     let eps_ref = rng.normals(Stream::Noise, step, batch * latent);
     let z_ref = cpu::reparam::reparameterize(&enc, &eps_ref, latent);
-    let bound: Vec<f64> = eps_ref.iter().map(|&z| 6.0 * 2f64.powi(-20) + 16.0 * U * z.abs() as f64).collect();
+    let bound: Vec<f64> = eps_ref.iter().map(|&z| common::normal_bound(z)).collect();
     assert_within("reparameterize eps", &read(&epsb, batch * latent), &eps_ref, &bound);
     let bound: Vec<f64> = (0..batch * latent)
         .map(|i| {
             let (m, lv) = cpu::reparam::mean_logvar(&enc, latent, i / latent, i % latent);
             let s = (0.5 * lv).exp() as f64;
-            8.0 * U * (m.abs() as f64 + s * eps_ref[i].abs() as f64) + s * (6.0 * 2f64.powi(-20) + 16.0 * U * eps_ref[i].abs() as f64)
+            8.0 * U * (m.abs() as f64 + s * eps_ref[i].abs() as f64) + s * common::normal_bound(eps_ref[i])
         })
         .collect();
     let e = assert_within("reparameterize z", &read(&zb, batch * latent), &z_ref, &bound);
@@ -605,7 +593,7 @@ fn rng_stream_and_reparameterize_match_the_cpu() {
     let sb = step_buffer(StepUniform { step, batch_start: first as u32, ..Default::default() });
     run(vec![o.reparameterize(batch, latent, rng.key(Stream::Importance), &eb, &sb, &zb, &epsb, true).unwrap()]);
     let eps_ref = rng.image_normals(Stream::Importance, step, first, batch, latent);
-    let bound: Vec<f64> = eps_ref.iter().map(|&z| 6.0 * 2f64.powi(-20) + 16.0 * U * z.abs() as f64).collect();
+    let bound: Vec<f64> = eps_ref.iter().map(|&z| common::normal_bound(z)).collect();
     let e = assert_within("reparameterize eps by image", &read(&epsb, batch * latent), &eps_ref, &bound);
     eprintln!("PARITY reparameterize by image max abs {:.2e} max rel {:.2e}", e.0, e.1);
 }
@@ -613,7 +601,6 @@ fn rng_stream_and_reparameterize_match_the_cpu() {
 /// Several optimizer steps on the GPU equal the CPU's; each step is a handful of
 /// rounded operations per element, so after `steps` the difference stays within
 /// ~16 ULP per step of the parameter's size plus the step's.
-#[test]
 fn adam_update_and_rmsprop_update_over_several_steps() {
     let o = ops();
     let gpu = &ctx().gpu;
@@ -649,7 +636,6 @@ fn adam_update_and_rmsprop_update_over_several_steps() {
 
 /// Gathering from the packed bytes: binarized values are exact; grayscale is one
 /// division by 255 (WGSL: 2.5 ULP).
-#[test]
 fn gather_images_matches_the_cpu() {
     let o = ops();
     let gpu = &ctx().gpu;
@@ -676,7 +662,6 @@ fn gather_images_matches_the_cpu() {
     eprintln!("PARITY gather_images binarized exact, grayscale within 3 ULP");
 }
 
-#[test]
 fn every_entry_point_has_a_pipeline() {
     let c = ctx();
     let mut names: Vec<&str> = c.kernels.entry_points().collect();
@@ -691,7 +676,6 @@ fn every_entry_point_has_a_pipeline() {
 /// Buffers are bound by the names the shader gives them: a name the entry point does
 /// not bind, a binding left unnamed, or a uniform of another struct is an error that
 /// names the entry point, not a silently swapped buffer.
-#[test]
 fn bindings_are_checked_by_name() {
     let c = ctx();
     let b = c.gpu.zeros("b", 64);
@@ -706,3 +690,21 @@ fn bindings_are_checked_by_name() {
     let e = c.kernels.dispatch(&c.gpu, "relu_backward", &wrong, &[("y4", &b), ("dy4", &b)], 4).err().expect("wrong uniform");
     assert!(format!("{e:#}").contains("takes a uniform Act, not Dense"), "{e:#}");
 }
+
+on_every_driver!(
+    conv2d_forward_backward_input_backward_kernel,
+    conv2d_transpose_forward_backward_input_backward_kernel,
+    conv2d_transpose_at_batch_100,
+    every_layer_op_through_the_subgroup_family,
+    every_layer_op_through_the_tiled_family,
+    dense_forward_backward_input_backward_kernel,
+    relu_backward_and_bias_backward,
+    relu_bias_backward_subgroup_masks_packs_and_sums,
+    sigmoid_cross_entropy_forward_backward_and_loss_reduce,
+    kl_mc_and_analytic_forward_backward,
+    rng_stream_and_reparameterize_match_the_cpu,
+    adam_update_and_rmsprop_update_over_several_steps,
+    gather_images_matches_the_cpu,
+    every_entry_point_has_a_pipeline,
+    bindings_are_checked_by_name,
+);

@@ -1,7 +1,8 @@
-//! The GPU trainer end to end: whole-step parity with the CPU reference for both
-//! presets, and a short real run that writes every file, lowers the loss, resumes
+//! The GPU trainer end to end, on lavapipe and on SwiftShader under the validation
+//! layer: whole-step parity with the CPU reference for both presets, and a short real run that writes every file, lowers the loss, resumes
 //! to the same bits as an uninterrupted run, and repeats itself exactly.
 
+#[macro_use]
 mod common;
 
 use std::path::Path;
@@ -15,16 +16,13 @@ use cvae::gpu::kernels::Kernels;
 use cvae::gpu::ops::Variant;
 use cvae::gpu::plan::{self, Plan};
 use cvae::gpu::trainer::{Trainer, TrainerSpec};
-use cvae::gpu::{device, AdapterChoice, Gpu};
+use cvae::gpu::Gpu;
 use cvae::model::{Model, Optimizer, Preset};
 use cvae::rng::{Rng, Stream};
 use cvae::train::{self, RunOptions, TrainConfig};
 
 fn gpu() -> Gpu {
-    device::quiet_driver_noise();
-    Gpu::open(AdapterChoice::Auto).unwrap_or_else(|e| {
-        panic!("no GPU device: {e:#}\n(on a headless Linux machine `apt-get install -y mesa-vulkan-drivers` provides lavapipe)")
-    })
+    common::driver().open()
 }
 
 /// Three training steps on the GPU against three steps of the CPU reference, from the
@@ -117,14 +115,12 @@ fn step_parity(preset: Preset, batch: usize, variant: Variant) {
     assert!(matches!((preset, opt), (Preset::TfCvae, Optimizer::Adam { .. }) | (Preset::KerasVae, Optimizer::RmsProp { .. })));
 }
 
-#[test]
 fn three_gpu_steps_equal_three_cpu_steps_tf_cvae() {
     step_parity(Preset::TfCvae, 8, Variant::Auto);
 }
 
 /// The subgroup family shares packed textures across a step's forward and backward
 /// passes (`ops::Packs`): the whole step must still be the CPU's.
-#[test]
 fn three_gpu_steps_equal_three_cpu_steps_through_the_subgroup_family() {
     if !plan::offered(&gpu()).contains(&Variant::Subgroup) {
         eprintln!("this adapter has no subgroup family (lavapipe has): the step runs the default kernels");
@@ -132,7 +128,6 @@ fn three_gpu_steps_equal_three_cpu_steps_through_the_subgroup_family() {
     step_parity(Preset::TfCvae, 8, Variant::Subgroup);
 }
 
-#[test]
 fn three_gpu_steps_equal_three_cpu_steps_keras_vae() {
     step_parity(Preset::KerasVae, 5, Variant::Auto);
 }
@@ -159,7 +154,14 @@ fn config(epochs: u32) -> TrainConfig {
 /// Run options with one kernel family forced: runs compared bit for bit must not
 /// depend on a measured choice (`tuned_kernels_are_kept_on_resume` covers that).
 fn opts(out: &Path, resume: bool) -> RunOptions {
-    RunOptions { out: out.to_path_buf(), quiet: true, resume, variant: Variant::Blocked, ..Default::default() }
+    RunOptions {
+        out: out.to_path_buf(),
+        quiet: true,
+        resume,
+        variant: Variant::Blocked,
+        adapter: common::driver().adapter(),
+        ..Default::default()
+    }
 }
 
 /// The deterministic columns of metrics.csv (epoch, train loss, test ELBO).
@@ -167,7 +169,6 @@ fn metrics(out: &Path) -> Vec<(u32, f64, f64)> {
     train::read_metrics(out).unwrap()
 }
 
-#[test]
 fn a_short_run_writes_everything_resumes_exactly_and_repeats() {
     let a = tmp_path("run_a");
     train::run(config(2), &opts(&a, false)).unwrap_or_else(|e| panic!("{e:#}"));
@@ -208,7 +209,6 @@ fn a_short_run_writes_everything_resumes_exactly_and_repeats() {
 
 /// A device lost in the middle of training (here: destroyed) stops the run with a
 /// message instead of a panic.
-#[test]
 fn a_lost_device_is_an_error_not_a_panic() {
     let gpu = gpu();
     let kernels = Kernels::new(&gpu).unwrap();
@@ -241,7 +241,6 @@ fn a_lost_device_is_an_error_not_a_panic() {
 
 /// The Keras preset trains on its own weighted loss, but the test set is scored with
 /// the ELBO (summed cross-entropy plus the closed-form KL), comparable across presets.
-#[test]
 fn keras_vae_trains_and_reports_a_true_elbo() {
     let out = tmp_path("run_keras");
     let config = TrainConfig {
@@ -264,7 +263,6 @@ fn keras_vae_trains_and_reports_a_true_elbo() {
 /// The kernels are chosen by measurement when a run starts and written into its config
 /// and checkpoint; `--resume` computes with those, whatever the cache says by then, so
 /// a resumed run still ends with the same bits as an uninterrupted one.
-#[test]
 fn tuned_kernels_are_kept_on_resume() {
     let cache = tmp_path("tuned_cache");
     let tuned = |out: &Path, resume: bool| RunOptions { variant: Variant::Auto, kernel_cache: Some(cache.clone()), ..opts(out, resume) };
@@ -290,3 +288,13 @@ fn tuned_kernels_are_kept_on_resume() {
     assert_eq!(cb.config.kernels, plan, "the resumed run kept its own kernels");
     assert!(ca.params == cb.params && ca.slots == cb.slots, "resumed parameters differ from the uninterrupted run's");
 }
+
+on_every_driver!(
+    three_gpu_steps_equal_three_cpu_steps_tf_cvae,
+    three_gpu_steps_equal_three_cpu_steps_through_the_subgroup_family,
+    three_gpu_steps_equal_three_cpu_steps_keras_vae,
+    a_short_run_writes_everything_resumes_exactly_and_repeats,
+    a_lost_device_is_an_error_not_a_panic,
+    keras_vae_trains_and_reports_a_true_elbo,
+    tuned_kernels_are_kept_on_resume,
+);
