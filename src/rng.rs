@@ -79,7 +79,7 @@ pub fn ln_unit(x: f32) -> f32 {
     let bits = x.to_bits();
     let mut e = (bits >> 23) as i32 - 127;
     let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
-    if m > 1.4142135 {
+    if m > std::f32::consts::SQRT_2 {
         m *= 0.5;
         e += 1;
     }

@@ -1,10 +1,12 @@
 //! The look-inside commands on a tiny checkpoint: each writes a picture of the
 //! expected size that is not blank; eval gives finite, ordered numbers.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use cvae::gpu::{device, AdapterChoice};
+use cvae::gpu::AdapterChoice;
 use cvae::inspect::{self, Axes, Session};
 use cvae::model::{KlKind, Preset};
 use cvae::train::{self, RunOptions, TrainConfig};
@@ -13,7 +15,7 @@ use cvae::train::{self, RunOptions, TrainConfig};
 fn run_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        device::quiet_driver_noise();
+        common::vulkan();
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("inspect_run");
         let _ = std::fs::remove_dir_all(&dir);
         let config = TrainConfig {
@@ -65,6 +67,7 @@ fn out(name: &str) -> Option<PathBuf> {
 
 #[test]
 fn sample_writes_a_square_grid() {
+    let _v = common::validated("sample_writes_a_square_grid");
     let s = session();
     let p = inspect::sample(&s, 9, 3, 1.0, out("t_samples.png")).unwrap();
     // 3 x 3 cells of 28 * 2 pixels with 2-pixel gaps.
@@ -73,6 +76,7 @@ fn sample_writes_a_square_grid() {
 
 #[test]
 fn reconstruct_puts_originals_over_reconstructions() {
+    let _v = common::validated("reconstruct_puts_originals_over_reconstructions");
     let s = session();
     let p = inspect::reconstruct(&s, 6, 2, false, 0, None, out("t_rec.png")).unwrap();
     check_png(&p, 6 * 58 + 2, 2 * 58 + 2);
@@ -83,6 +87,7 @@ fn reconstruct_puts_originals_over_reconstructions() {
 
 #[test]
 fn manifold_on_two_axes_and_on_principal_directions() {
+    let _v = common::validated("manifold_on_two_axes_and_on_principal_directions");
     let s = session();
     let p = inspect::manifold(&s, 5, &Axes::Dims(0, 2), None, out("t_manifold.png")).unwrap();
     // Digits touching: 5 x 56 pixels.
@@ -95,6 +100,7 @@ fn manifold_on_two_axes_and_on_principal_directions() {
 
 #[test]
 fn manifold_points_follow_the_normal_quantiles() {
+    let _v = common::validated("manifold_points_follow_the_normal_quantiles");
     // The Keras program: row i has z[1] = ppf(p_i), column j has z[0] = ppf(p_j).
     let z = inspect::manifold_points(2, 3, &Axes::Dims(0, 1), &[0.0, 0.0], None);
     let q = 1.6448536;
@@ -106,6 +112,7 @@ fn manifold_points_follow_the_normal_quantiles() {
 
 #[test]
 fn scatter_plots_the_latent_means() {
+    let _v = common::validated("scatter_plots_the_latent_means");
     let s = session();
     let p = inspect::scatter(&s, None, Some(40), out("t_scatter.png")).unwrap();
     let img = image::open(&p).unwrap();
@@ -115,6 +122,7 @@ fn scatter_plots_the_latent_means() {
 
 #[test]
 fn interpolate_writes_a_row_with_both_ends() {
+    let _v = common::validated("interpolate_writes_a_row_with_both_ends");
     let s = session();
     let p = inspect::interpolate(&s, 0, 1, 6, false, None, out("t_interp.png")).unwrap();
     check_png(&p, 8 * 58 + 2, 58 + 2);
@@ -126,6 +134,7 @@ fn interpolate_writes_a_row_with_both_ends() {
 
 #[test]
 fn eval_reports_elbo_and_log_px() {
+    let _v = common::validated("eval_reports_elbo_and_log_px");
     let s = session();
     let r = inspect::evaluate(&s, 8, 0, None, Some(20), false).unwrap();
     assert_eq!((r.test_images, r.samples), (20, 8));
@@ -143,6 +152,7 @@ fn eval_reports_elbo_and_log_px() {
 /// the closed-form KL of that image (the estimator is unbiased).
 #[test]
 fn every_copy_of_an_image_draws_its_own_noise() {
+    let _v = common::validated("every_copy_of_an_image_draws_its_own_noise");
     let s = session();
     let test = s.test_split(None, Some(1)).unwrap().to_f32(true);
     let x: Vec<f32> = test.iter().copied().cycle().take(250 * test.len()).collect();
@@ -164,6 +174,7 @@ fn every_copy_of_an_image_draws_its_own_noise() {
 /// importance-weighted bound rises with the sample count.
 #[test]
 fn eval_agrees_with_training_and_tightens_with_more_samples() {
+    let _v = common::validated("eval_agrees_with_training_and_tightens_with_more_samples");
     let s = session();
     let printed = train::read_metrics(run_dir()).unwrap().last().unwrap().2;
     let one = inspect::evaluate(&s, 1, 0, None, Some(40), false).unwrap();
@@ -184,6 +195,7 @@ fn eval_agrees_with_training_and_tightens_with_more_samples() {
 
 #[test]
 fn gif_is_rebuilt_from_the_epoch_grids() {
+    let _v = common::validated("gif_is_rebuilt_from_the_epoch_grids");
     let dir = run_dir();
     let n = cvae::images::write_gif(dir, &dir.join("t_rebuilt.gif")).unwrap();
     // Epochs 0, 1, 2: frames where round(2 sqrt(i)) grows (0, 2, 2.83 -> 3), then the last again.

@@ -18,6 +18,7 @@ fn ok(args: &[&str]) -> String {
 
 #[test]
 fn shipped_weights_load_and_fit_their_models() {
+    let _v = common::validated("shipped_weights_load_and_fit_their_models");
     for (p, preset, latent) in [(Pretrained::TfCvae, "tf-cvae", 50), (Pretrained::KerasVae, "keras-vae", 2)] {
         let ck = p.load().unwrap_or_else(|e| panic!("{e:#}"));
         let model = ck.config.model().unwrap();
@@ -30,6 +31,7 @@ fn shipped_weights_load_and_fit_their_models() {
 
 #[test]
 fn look_inside_commands_run_on_the_built_in_weights() {
+    let _v = common::validated("look_inside_commands_run_on_the_built_in_weights");
     let d = tmp_dir("pretrained_pictures");
     let m = d.join("manifold.png");
     ok(&["manifold", "--pretrained", "keras-vae", "--out", m.to_str().unwrap()]);
@@ -50,6 +52,7 @@ fn look_inside_commands_run_on_the_built_in_weights() {
 /// do instead; `--init-from` starts a new run from them and records it.
 #[test]
 fn a_weights_file_starts_a_run_but_cannot_be_resumed() {
+    let _v = common::validated("a_weights_file_starts_a_run_but_cannot_be_resumed");
     let d = tmp_dir("weights_file");
     let run = d.join("run");
     let quick = ["--train-size", "64", "--test-size", "32", "--batch-size", "32", "--latent-dim", "4", "--quiet"];
@@ -87,6 +90,7 @@ fn a_weights_file_starts_a_run_but_cannot_be_resumed() {
 /// three printed decimals.
 #[test]
 fn eval_on_the_built_in_weights_prints_the_readme_figures() {
+    let _v = common::validated("eval_on_the_built_in_weights_prints_the_readme_figures");
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let start =
         readme.find("$ cvae eval --pretrained tf-cvae --test-size 1000").expect("the README shows the eval of the built-in weights");

@@ -24,6 +24,7 @@ const QUICK: [&str; 8] = ["--train-size", "64", "--test-size", "32", "--batch-si
 
 #[test]
 fn nonsense_flags_are_usage_errors() {
+    let _v = common::validated("nonsense_flags_are_usage_errors");
     let out = tmp_path("flags");
     let o = out.to_str().unwrap();
     fails(&["train", "--batch-size", "0", "--out", o], 2, "--batch-size must be at least 1");
@@ -44,6 +45,7 @@ fn nonsense_flags_are_usage_errors() {
 
 #[test]
 fn missing_data_and_absent_backends_are_failures_with_directions() {
+    let _v = common::validated("missing_data_and_absent_backends_are_failures_with_directions");
     fails(
         &["train", "--data-dir", "/nonexistent/mnist", "--out", tmp_path("nodata").to_str().unwrap()],
         1,
@@ -64,6 +66,7 @@ fn missing_data_and_absent_backends_are_failures_with_directions() {
 
 #[test]
 fn a_batch_over_the_device_limits_is_refused_before_any_dispatch() {
+    let _v = common::validated("a_batch_over_the_device_limits_is_refused_before_any_dispatch");
     let out = tmp_path("bigbatch");
     fails(
         &["train", "--batch-size", "20000", "--train-size", "64", "--test-size", "32", "--out", out.to_str().unwrap()],
@@ -75,6 +78,7 @@ fn a_batch_over_the_device_limits_is_refused_before_any_dispatch() {
 /// One epoch, then a checkpoint with each kind of damage.
 #[test]
 fn damaged_checkpoints_are_explained() {
+    let _v = common::validated("damaged_checkpoints_are_explained");
     let out = tmp_path("damaged");
     let o = out.to_str().unwrap();
     let mut args = vec!["train", "--epochs", "1", "--quiet", "--out", o];
@@ -126,6 +130,7 @@ fn damaged_checkpoints_are_explained() {
 /// epoch and batch, and the checkpoint of epoch 1 stays good.
 #[test]
 fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
+    let _v = common::validated("a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint");
     let out = tmp_path("nan");
     let o = out.to_str().unwrap();
     let mut args = vec!["train", "--epochs", "1", "--quiet", "--out", o];
@@ -141,6 +146,7 @@ fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
 /// --resume then ends with the same parameters as a run never interrupted.
 #[test]
 fn ctrl_c_saves_and_resume_matches_an_uninterrupted_run() {
+    let _v = common::validated("ctrl_c_saves_and_resume_matches_an_uninterrupted_run");
     let args_for = |o: &str| -> Vec<String> {
         [
             "train",
@@ -170,13 +176,13 @@ fn ctrl_c_saves_and_resume_matches_an_uninterrupted_run() {
     // (Forcing one family would pin a slow one somewhere: blocked took 250 s here on an
     // AVX2-only lavapipe, where the measured choice takes 25.)
     let cache = tmp_dir("sigint_kernel_cache");
-    let cvae = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_cvae")).args(args).env("CVAE_CACHE_DIR", &cache).output().unwrap();
+    let cvae = |args: &[&str]| common::cvae_command().args(args).env("CVAE_CACHE_DIR", &cache).output().unwrap();
     let whole = tmp_path("sigint_whole");
     let w = cvae(&args_for(whole.to_str().unwrap()).iter().map(|s| s.as_str()).collect::<Vec<_>>());
     assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
 
     let cut = tmp_path("sigint_cut");
-    let child = Command::new(env!("CARGO_BIN_EXE_cvae"))
+    let child = common::cvae_command()
         .args(args_for(cut.to_str().unwrap()))
         .env("CVAE_CACHE_DIR", &cache)
         .stderr(std::process::Stdio::piped())
@@ -213,6 +219,7 @@ fn ctrl_c_saves_and_resume_matches_an_uninterrupted_run() {
 /// deterministic fuzz; cargo-fuzz targets in fuzz/ run longer).
 #[test]
 fn parsers_survive_random_damage() {
+    let _v = common::validated("parsers_survive_random_damage");
     let rng = cvae::rng::Rng::new(77);
     let mut idx = vec![0u8, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 3];
     idx.extend([9u8; 18]);

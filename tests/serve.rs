@@ -85,6 +85,7 @@ fn refused(base: &str, path: &str, body: &str, code: u16, says: &str) {
 
 #[test]
 fn every_endpoint_answers_good_and_bad_requests() {
+    let _v = common::validated("every_endpoint_answers_good_and_bad_requests");
     let server = start(Source::Pretrained(Pretrained::KerasVae), None, None);
     let base = server.url.clone();
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
@@ -201,6 +202,7 @@ fn snapshot(dir: &Path) -> Vec<(String, u64, SystemTime)> {
 
 #[test]
 fn a_run_folder_is_served_while_it_trains_and_never_written() {
+    let _v = common::validated("a_run_folder_is_served_while_it_trains_and_never_written");
     let out = tmp_dir("serve_run");
     let live = Arc::new(Live::default());
     let server = start(Source::Path(out.clone()), Some(out.clone()), Some(live.clone()));
@@ -315,13 +317,13 @@ fn a_run_folder_is_served_while_it_trains_and_never_written() {
 
 #[test]
 fn the_command_line_refuses_a_missing_run_and_a_taken_port() {
-    let bin = env!("CARGO_BIN_EXE_cvae");
-    let o = Command::new(bin).args(["serve", "/no/such/run"]).output().unwrap();
+    let _v = common::validated("the_command_line_refuses_a_missing_run_and_a_taken_port");
+    let o = common::cvae_command().args(["serve", "/no/such/run"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/no/such/run does not exist"), "{}", String::from_utf8_lossy(&o.stderr));
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let o = Command::new(bin).args(["serve", "--pretrained", "keras-vae", "--port", &port]).output().unwrap();
+    let o = common::cvae_command().args(["serve", "--pretrained", "keras-vae", "--port", &port]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{err}");
@@ -331,11 +333,12 @@ fn the_command_line_refuses_a_missing_run_and_a_taken_port() {
 /// is over the page stays up until Ctrl-C, which then ends the process cleanly.
 #[test]
 fn train_serve_shows_the_run_and_keeps_serving_after_it() {
+    let _v = common::validated("train_serve_shows_the_run_and_keeps_serving_after_it");
     use std::io::BufRead;
     let out = tmp_dir("serve_cli_run");
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel_cache");
     let args = ["train", "--serve", "--port", "0", "--preset", "keras-vae", "--epochs", "1", "--train-size", "64", "--test-size", "32"];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cvae"))
+    let mut child = common::cvae_command()
         .args(args)
         .args(["--quiet", "--force", "--out", out.to_str().unwrap()])
         .env("CVAE_CACHE_DIR", cache)
@@ -529,6 +532,7 @@ fn lit(img: &image::GrayImage) -> f64 {
 
 #[test]
 fn the_page_draws_a_digit_that_follows_the_pointer() {
+    let _v = common::validated("the_page_draws_a_digit_that_follows_the_pointer");
     let dir = tmp_dir("serve_browser");
     let server = start(Source::Pretrained(Pretrained::KerasVae), None, None);
     let b = Browser::open(&dir.join("profile"));

@@ -7,6 +7,7 @@ mod common;
 
 use std::path::Path;
 
+use common::Driver;
 use common::{assert_within, tmp_path, U};
 use cvae::checkpoint;
 use cvae::cpu;
@@ -298,3 +299,52 @@ on_every_driver!(
     keras_vae_trains_and_reports_a_true_elbo,
     tuned_kernels_are_kept_on_resume,
 );
+
+/// The same seeded run on both drivers, with the same kernel family forced on both
+/// (blocked, tiled, portable): train loss and test ELBO agree each epoch to f32 rounding.
+///
+/// Both drivers run the same WGSL in the same order (no atomics, fixed reductions) on
+/// the same data and noise (bit for bit, `rng_stream_and_reparameterize_match_the_cpu`);
+/// they may differ only in fusing a multiply-add and in `exp`/`log`'s last bits. A loss
+/// evaluation passes every value through sums of at most K terms (the largest fan-in or
+/// fan-out of a layer), each differing by the random-walk estimate of `dot_bound`,
+/// 8 sqrt(K) u, relative to the loss; each of the S Adam steps before an evaluation moves
+/// the parameters by normalised amounts that differ as much again. So an epoch's figures
+/// may differ by 8 sqrt(K) u (S + 1) of their size (K = 2,304 here, S = 3 and 6:
+/// 9.2e-5 and 1.6e-4).
+#[test]
+fn both_drivers_train_to_the_same_elbo() {
+    let _v = common::validated("both_drivers_train_to_the_same_elbo");
+    // Three steps an epoch and a short test set: tiled and portable are slow on CPU drivers.
+    let small = TrainConfig { batch_size: 16, train_size: 48, test_size: 24, ..config(2) };
+    let model = small.model().unwrap();
+    let k = model.params.iter().filter_map(|p| p.glorot).map(|(i, o)| i.max(o)).max().unwrap();
+    let steps_per_epoch = small.train_size.div_ceil(small.batch_size) as f64;
+    for variant in [Variant::Blocked, Variant::Tiled, Variant::Portable] {
+        let runs: Vec<Vec<(u32, f64, f64)>> = Driver::ALL
+            .iter()
+            .map(|d| {
+                let out = tmp_path(&format!("agree_{}_{}", variant.name(), d.name()));
+                let o = RunOptions { variant, adapter: d.adapter(), ..opts(&out, false) };
+                train::run(small.clone(), &o).unwrap_or_else(|e| panic!("{} on {}: {e:#}", variant.name(), d.name()));
+                metrics(&out)
+            })
+            .collect();
+        assert_eq!(runs[0].len(), 2, "{runs:?}");
+        for (a, b) in runs[0].iter().zip(&runs[1]) {
+            let tol = 8.0 * (k as f64).sqrt() * U * (steps_per_epoch * a.0 as f64 + 1.0);
+            let (dl, de) = ((a.1 - b.1).abs() / a.1.abs(), (a.2 - b.2).abs() / a.2.abs());
+            let says = format!(
+                "{} epoch {}: train loss {:.6} (lavapipe) vs {:.6} (swiftshader), rel {dl:.1e}; test ELBO {:.6} vs {:.6}, rel {de:.1e}; bound {tol:.1e}",
+                variant.name(),
+                a.0,
+                a.1,
+                b.1,
+                a.2,
+                b.2
+            );
+            eprintln!("AGREE {says}");
+            assert!(dl <= tol && de <= tol, "the drivers disagree: {says}");
+        }
+    }
+}

@@ -217,9 +217,14 @@ pub fn cvae_command() -> Command {
 }
 
 /// Run the cvae binary (`cvae_command`) to the end; fails on any validation message.
+/// The layer's own line on standard output (where its log goes) is taken out, so the
+/// output is cvae's alone (`--json` parses).
 pub fn cvae(args: &[&str]) -> Output {
-    let out = cvae_command().args(args).output().expect("the cvae binary runs");
+    let mut out = cvae_command().args(args).output().expect("the cvae binary runs");
     check_validation(&format!("cvae {}", args.join(" ")));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    out.stdout =
+        text.lines().filter(|l| !l.starts_with("Validation Layer Info - ")).map(|l| format!("{l}\n")).collect::<String>().into_bytes();
     out
 }
 
