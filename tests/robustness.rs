@@ -58,10 +58,12 @@ fn missing_data_and_absent_backends_are_failures_with_directions() {
     fails(
         &["train", "--adapter", "metal", "--out", tmp_path("nometal").to_str().unwrap()],
         1,
-        "no adapter for --adapter metal (adapters that exist:",
+        "no adapter for --adapter metal; the adapters are:",
     );
     #[cfg(target_os = "linux")]
     fails(&["train", "--adapter", "metal", "--out", tmp_path("nometal2").to_str().unwrap()], 1, "mesa-vulkan-drivers");
+    #[cfg(target_os = "linux")]
+    fails(&["train", "--adapter", "metal", "--out", tmp_path("nometal3").to_str().unwrap()], 1, "the adapters are:\n#   name");
 }
 
 #[test]

@@ -240,7 +240,12 @@ pub fn select(choice: &AdapterChoice) -> Result<wgpu::Adapter> {
                 format!("the adapters are:\n{}", table(all))
             }
         });
-        anyhow!("{e}; {listing}")
+        // A backend with nothing on it: also how to get one.
+        let help = match choice {
+            AdapterChoice::Index(_) | AdapterChoice::Name(_) => String::new(),
+            _ => format!("\n{LAVAPIPE_HELP}"),
+        };
+        anyhow!("{e}; {}{help}", listing.trim_end())
     })
 }
 
