@@ -2,7 +2,8 @@
 //! latent space. The page (`assets/web/`) is built into the binary. A GPU worker
 //! thread decodes latent vectors through the same `Runner` the CLI uses, batching the
 //! requests that wait; the queue is bounded, so a fast-moving pointer never piles up
-//! work (a full queue answers 503 and the page simply asks again). HTTP is tiny_http,
+//! work (a full queue answers 503, as does a model not loaded yet, with Retry-After; the
+//! page simply asks again). HTTP is tiny_http,
 //! one thread per request. The run folder is only ever read.
 
 use std::io::{Read, Write};
@@ -111,11 +112,21 @@ enum Job {
     Decode { z: Vec<f32>, reply: Sender<Result<Vec<f32>, (u16, String)>> },
 }
 
+/// Where the model stands, for the page and for requests that need it.
+#[derive(Clone)]
+struct Status {
+    /// What the page shows: "loading the model", "ready", or why there is none.
+    text: String,
+    /// Not ready *yet* (loading, or a training run with no checkpoint so far): asking
+    /// again soon will do. Otherwise the run folder holds a model that does not load.
+    soon: bool,
+}
+
 /// What the request threads share.
 struct Shared {
     model: RwLock<Option<ModelView>>,
     /// Why there is no model yet, for the page.
-    status: RwLock<String>,
+    status: RwLock<Status>,
     jobs: SyncSender<Job>,
     run_dir: Option<PathBuf>,
     live: Option<Arc<Live>>,
@@ -126,14 +137,15 @@ struct Shared {
 /// Start serving `opts`; `live` is the progress of a training run in this process.
 pub fn start(opts: ServeOptions, live: Option<Arc<Live>>) -> Result<Server> {
     let addr = format!("{}:{}", opts.host, opts.port);
-    let http = Arc::new(tiny_http::Server::http(&addr).map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?);
+    let listener = listen(&addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let http = Arc::new(tiny_http::Server::from_listener(listener, None).map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?);
     let bound = http.server_addr().to_ip().ok_or_else(|| anyhow!("{addr} is not an IP address"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = sync_channel(QUEUE);
     let run_dir = opts.run_dir.clone();
     let shared = Arc::new(Shared {
         model: RwLock::new(None),
-        status: RwLock::new("loading the model".into()),
+        status: RwLock::new(Status { text: "loading the model".into(), soon: true }),
         jobs: tx,
         run_dir,
         live,
@@ -146,6 +158,29 @@ pub fn start(opts: ServeOptions, live: Option<Arc<Live>>) -> Result<Server> {
     let (s, h) = (shared.clone(), http.clone());
     threads.push(std::thread::spawn(move || accept(h, s)));
     Ok(Server { url: format!("http://{bound}/"), stop, http, threads })
+}
+
+/// A listening socket whose connections send every write at once (TCP_NODELAY, which
+/// accepted sockets inherit from the listener on Linux, the BSDs, macOS and Windows).
+/// tiny_http sends a response's head and body in two writes; with Nagle's algorithm
+/// the body waited for the client's delayed ACK of the head, about 40 ms on every
+/// request but the first of a kept-alive connection (what browsers use).
+fn listen(addr: &str) -> Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let mut last = None;
+    for a in addr.to_socket_addrs().with_context(|| format!("{addr} is not a host:port"))? {
+        let socket = Socket::new(Domain::for_address(a), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_tcp_nodelay(true)?;
+        // As std's TcpListener::bind: a restarted server may take its port back at once.
+        #[cfg(unix)]
+        socket.set_reuse_address(true)?;
+        match socket.bind(&a.into()).and_then(|_| socket.listen(128)) {
+            Ok(()) => return Ok(socket.into()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| anyhow!("{addr} names no address"), |e| e.into()))
 }
 
 fn accept(http: Arc<tiny_http::Server>, shared: Arc<Shared>) {
@@ -188,10 +223,19 @@ fn json<T: Serialize>(value: &T) -> Response {
     }
 }
 
-/// An error the page can show: `{"error": "..."}` with the status.
+/// Seconds a client should wait before asking again after a 503.
+const RETRY_AFTER: &str = "1";
+
+/// An error the page can show: `{"error": "..."}` with the status. Every 503 (busy, or
+/// not ready yet) says when to ask again.
 fn error(status: u16, message: &str) -> Response {
     let body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
-    respond_bytes(status, "application/json", body)
+    let r = respond_bytes(status, "application/json", body);
+    if status == 503 {
+        r.with_header(header("Retry-After", RETRY_AFTER))
+    } else {
+        r
+    }
 }
 
 fn handle(shared: &Shared, mut req: tiny_http::Request) {
@@ -240,10 +284,12 @@ fn body(req: &mut tiny_http::Request) -> Result<Vec<u8>, Response> {
     Ok(b)
 }
 
-/// Why there is no model to answer with (loading, no checkpoint yet, one that does not
-/// load): 409, the state of the run folder conflicts with the request.
+/// Why there is no model to answer with: not ready yet (loading, no checkpoint yet) is
+/// 503 with Retry-After, for the client to ask again; a checkpoint that does not load
+/// is 409, the state of the run folder conflicts with the request.
 fn unavailable(shared: &Shared) -> (u16, String) {
-    (409, shared.status.read().unwrap_or_else(|e| e.into_inner()).clone())
+    let st = shared.status.read().unwrap_or_else(|e| e.into_inner()).clone();
+    (if st.soon { 503 } else { 409 }, st.text)
 }
 
 fn with_model(shared: &Shared, f: impl FnOnce(&ModelView) -> Response) -> Response {
@@ -263,7 +309,7 @@ fn info(shared: &Shared) -> Response {
     });
     json(&serde_json::json!({
         "model": view,
-        "status": shared.status.read().unwrap_or_else(|e| e.into_inner()).clone(),
+        "status": shared.status.read().unwrap_or_else(|e| e.into_inner()).text.clone(),
         "training": shared.run_dir.is_some(),
         "live": shared.live.as_ref().map(|l| l.get()),
     }))
@@ -457,7 +503,7 @@ fn worker(opts: ServeOptions, shared: Arc<Shared>, rx: Receiver<Job>) {
             }
         };
         if let Err(e) = serve_model(&opts, &shared, &rx, &session, seen) {
-            *shared.status.write().unwrap_or_else(|e| e.into_inner()) = format!("the model failed: {e:#}");
+            *shared.status.write().unwrap_or_else(|e| e.into_inner()) = Status { text: format!("the model failed: {e:#}"), soon: false };
             *shared.model.write().unwrap_or_else(|e| e.into_inner()) = None;
             if !drain_until(&shared, &rx, || stamp(&opts.source) != seen, Duration::from_secs(1)) {
                 return;
@@ -466,12 +512,12 @@ fn worker(opts: ServeOptions, shared: Arc<Shared>, rx: Receiver<Job>) {
     }
 }
 
-fn not_ready(opts: &ServeOptions, e: &anyhow::Error) -> String {
+fn not_ready(opts: &ServeOptions, e: &anyhow::Error) -> Status {
     match &opts.source {
         Source::Path(p) if !p.is_file() && !p.join(checkpoint::FILE).exists() => {
-            "no checkpoint yet: the latent space opens after the first epoch".to_string()
+            Status { text: "no checkpoint yet: the latent space opens after the first epoch".into(), soon: true }
         }
-        _ => format!("cannot load the model: {e:#}"),
+        _ => Status { text: format!("cannot load the model: {e:#}"), soon: false },
     }
 }
 
@@ -506,7 +552,7 @@ fn serve_model(opts: &ServeOptions, shared: &Shared, rx: &Receiver<Job>, s: &Ses
     let view =
         ModelView { preset: s.model.preset.name().into(), latent: s.model.latent, epoch: s.ck.epoch, source, width: w, height: h, points };
     *shared.model.write().unwrap_or_else(|e| e.into_inner()) = Some(view);
-    *shared.status.write().unwrap_or_else(|e| e.into_inner()) = "ready".into();
+    *shared.status.write().unwrap_or_else(|e| e.into_inner()) = Status { text: "ready".into(), soon: false };
     let latent = s.model.latent;
     while !shared.stop.load(Ordering::SeqCst) {
         let first = match rx.recv_timeout(Duration::from_millis(500)) {

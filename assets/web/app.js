@@ -9,7 +9,8 @@ const TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
 async function getJSON(url, options) {
   const r = await fetch(url, options);
   const body = await r.json().catch(() => ({ error: r.statusText }));
-  if (!r.ok) throw Object.assign(new Error(body.error || r.statusText), { status: r.status });
+  // A 503 (busy, or the model not loaded yet) says in Retry-After when to ask again.
+  if (!r.ok) throw Object.assign(new Error(body.error || r.statusText), { status: r.status, retryAfter: Number(r.headers.get("Retry-After")) || 0 });
   return body;
 }
 
@@ -189,8 +190,9 @@ async function loadPoints() {
   try {
     points = await getJSON("/api/points");
   } catch (e) {
+    // "loading the model", "no checkpoint yet", or why it does not load; ask again.
     $("explorer-status").textContent = e.message;
-    setTimeout(loadPoints, 2000);
+    setTimeout(loadPoints, 1000 * (e.retryAfter || 2));
     return;
   }
   view = planeBounds(points.xy);
