@@ -64,6 +64,8 @@ enum Command {
     Eval(EvalArgs),
     /// A local web page: watch a run train, and explore a model's latent space with the pointer.
     Serve(ServeArgs),
+    /// Load a running `cvae serve` with clients that each keep one decode in flight.
+    Load(LoadArgs),
     /// Rebuild a run folder's animated GIF from its epoch grids.
     Gif {
         /// The run folder.
@@ -186,6 +188,29 @@ struct ServeArgs {
     /// Read test images from this folder instead of the model's data set.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// The server, as `cvae serve` prints it.
+    #[arg(default_value = "http://127.0.0.1:8080/")]
+    url: String,
+    /// Clients at once, each with its own connection and one decode in flight.
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// How long to keep the load on.
+    #[arg(long, default_value_t = 60.0)]
+    seconds: f64,
+    /// Latent vectors per request.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Seconds without an answer after which a request counts as dropped.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Pointer events a second: a client asks again at most this often, as the page
+    /// does on each pointer move (0: at once, a stress test).
+    #[arg(long, default_value_t = 60.0)]
+    hz: f64,
 }
 
 #[derive(clap::Args)]
@@ -373,6 +398,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Eval(a) => eval(a),
         Command::Serve(a) => serve(a),
+        Command::Load(a) => load(a),
         Command::Gif { run } => {
             let frames = cvae::images::write_gif(&run, &run.join("cvae.gif"))?;
             println!("wrote {} ({frames} frames)", run.join("cvae.gif").display());
@@ -492,6 +518,25 @@ fn serve_options(source: inspect::Source, listen: &Listen, adapter: AdapterChoic
         data_dir: None,
         run_dir,
     }
+}
+
+fn load(a: LoadArgs) -> Result<ExitCode> {
+    if let Err(e) = cvae::load::check_url(&a.url) {
+        cvae::usage!("{e}");
+    }
+    if a.timeout.is_nan() || a.timeout <= 0.0 || a.hz.is_nan() || a.hz < 0.0 {
+        cvae::usage!("--timeout must be above 0 seconds and --hz at least 0");
+    }
+    let opts = cvae::load::LoadOptions {
+        url: a.url,
+        clients: a.clients,
+        seconds: a.seconds,
+        batch: a.batch,
+        timeout: std::time::Duration::from_secs_f64(a.timeout),
+        hz: a.hz,
+    };
+    println!("{}", cvae::load::run(&opts)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode> {

@@ -3,22 +3,23 @@
 //! thread decodes latent vectors through the same `Runner` the CLI uses, batching the
 //! requests that wait; the queue is bounded, so a fast-moving pointer never piles up
 //! work (a full queue answers 503, as does a model not loaded yet, with Retry-After; the
-//! page simply asks again). HTTP is tiny_http,
-//! one thread per request. The run folder is only ever read.
+//! page simply asks again). HTTP is `crate::http`, a thread per connection. The run
+//! folder is only ever read.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
 use crate::gpu::AdapterChoice;
+use crate::http::{self, Http, Reply, Request, Response};
 use crate::inspect::{interp, Session, Source};
 use crate::live::Live;
 use crate::stats::{linspace, pca};
@@ -33,8 +34,11 @@ pub const MAX_DECODE: usize = 64;
 pub const MAX_STEPS: usize = 32;
 /// Requests waiting for the GPU worker; past this a request gets 503 (busy).
 const QUEUE: usize = 8;
-/// Request threads at once (event streams included); past this, 503.
-const MAX_HANDLERS: usize = 64;
+/// While a run trains in this process, a decode batch starts at most this often (30 a
+/// second: smooth enough to follow the pointer, half of what a page asks for).
+const TRAINING_PACE: Duration = Duration::from_millis(33);
+/// Connections at once (a thread each, event streams included); past this, 503.
+const MAX_CONNECTIONS: usize = 512;
 /// Largest request body.
 const MAX_BODY: u64 = 1 << 20;
 /// Test images whose latent means the page plots, unless told otherwise.
@@ -61,21 +65,19 @@ pub struct ServeOptions {
 pub struct Server {
     pub url: String,
     stop: Arc<AtomicBool>,
-    http: Arc<tiny_http::Server>,
-    threads: Vec<JoinHandle<()>>,
+    http: Http,
+    worker: Option<JoinHandle<()>>,
 }
 
 impl Server {
     /// Serve until the process ends.
     pub fn wait(mut self) {
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.http.wait();
     }
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.http.unblock();
-        for t in self.threads.drain(..) {
+        self.http.stop();
+        if let Some(t) = self.worker.take() {
             let _ = t.join();
         }
     }
@@ -131,15 +133,12 @@ struct Shared {
     run_dir: Option<PathBuf>,
     live: Option<Arc<Live>>,
     stop: Arc<AtomicBool>,
-    handlers: AtomicUsize,
 }
 
 /// Start serving `opts`; `live` is the progress of a training run in this process.
 pub fn start(opts: ServeOptions, live: Option<Arc<Live>>) -> Result<Server> {
     let addr = format!("{}:{}", opts.host, opts.port);
-    let listener = listen(&addr).with_context(|| format!("cannot listen on {addr}"))?;
-    let http = Arc::new(tiny_http::Server::from_listener(listener, None).map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?);
-    let bound = http.server_addr().to_ip().ok_or_else(|| anyhow!("{addr} is not an IP address"))?;
+    let listener = http::listen(&addr).with_context(|| format!("cannot listen on {addr}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = sync_channel(QUEUE);
     let run_dir = opts.run_dir.clone();
@@ -150,70 +149,16 @@ pub fn start(opts: ServeOptions, live: Option<Arc<Live>>) -> Result<Server> {
         run_dir,
         live,
         stop: stop.clone(),
-        handlers: AtomicUsize::new(0),
     });
-    let mut threads = Vec::new();
     let s = shared.clone();
-    threads.push(std::thread::spawn(move || worker(opts, s, rx)));
-    let (s, h) = (shared.clone(), http.clone());
-    threads.push(std::thread::spawn(move || accept(h, s)));
-    Ok(Server { url: format!("http://{bound}/"), stop, http, threads })
-}
-
-/// A listening socket whose connections send every write at once (TCP_NODELAY, which
-/// accepted sockets inherit from the listener on Linux, the BSDs, macOS and Windows).
-/// tiny_http sends a response's head and body in two writes; with Nagle's algorithm
-/// the body waited for the client's delayed ACK of the head, about 40 ms on every
-/// request but the first of a kept-alive connection (what browsers use).
-fn listen(addr: &str) -> Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    use std::net::ToSocketAddrs;
-    let mut last = None;
-    for a in addr.to_socket_addrs().with_context(|| format!("{addr} is not a host:port"))? {
-        let socket = Socket::new(Domain::for_address(a), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_tcp_nodelay(true)?;
-        // As std's TcpListener::bind: a restarted server may take its port back at once.
-        #[cfg(unix)]
-        socket.set_reuse_address(true)?;
-        match socket.bind(&a.into()).and_then(|_| socket.listen(128)) {
-            Ok(()) => return Ok(socket.into()),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.map_or_else(|| anyhow!("{addr} names no address"), |e| e.into()))
-}
-
-fn accept(http: Arc<tiny_http::Server>, shared: Arc<Shared>) {
-    while !shared.stop.load(Ordering::SeqCst) {
-        let req = match http.recv_timeout(Duration::from_millis(500)) {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
-            Err(_) => break,
-        };
-        if shared.handlers.fetch_add(1, Ordering::SeqCst) >= MAX_HANDLERS {
-            shared.handlers.fetch_sub(1, Ordering::SeqCst);
-            let _ = req.respond(error(503, "too many requests at once; try again"));
-            continue;
-        }
-        let s = shared.clone();
-        std::thread::spawn(move || {
-            handle(&s, req);
-            s.handlers.fetch_sub(1, Ordering::SeqCst);
-        });
-    }
-}
-
-type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
-
-fn header(name: &str, value: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
+    let worker = std::thread::spawn(move || worker(opts, s, rx));
+    let limits = http::Limits { max_body: MAX_BODY, max_connections: MAX_CONNECTIONS, idle: Duration::from_secs(60) };
+    let http = http::serve(listener, limits, Arc::new(move |req| handle(&shared, req)), error)?;
+    Ok(Server { url: format!("http://{}/", http.addr), stop, http, worker: Some(worker) })
 }
 
 fn respond_bytes(status: u16, mime: &str, body: Vec<u8>) -> Response {
-    tiny_http::Response::from_data(body)
-        .with_status_code(status)
-        .with_header(header("Content-Type", mime))
-        .with_header(header("Cache-Control", "no-store"))
+    Response::new(status, mime, body)
 }
 
 fn json<T: Serialize>(value: &T) -> Response {
@@ -232,56 +177,32 @@ fn error(status: u16, message: &str) -> Response {
     let body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
     let r = respond_bytes(status, "application/json", body);
     if status == 503 {
-        r.with_header(header("Retry-After", RETRY_AFTER))
+        r.with_header("Retry-After", RETRY_AFTER)
     } else {
         r
     }
 }
 
-fn handle(shared: &Shared, mut req: tiny_http::Request) {
-    use tiny_http::Method::{Get, Post};
-    let path = req.url().split('?').next().unwrap_or("").to_string();
-    let method = req.method().clone();
-    if (method.clone(), path.as_str()) == (Get, "/api/events") {
-        events(shared, req);
-        return;
-    }
-    let resp = match (method, path.as_str()) {
-        (Get, "/") | (Get, "/index.html") => respond_bytes(200, "text/html; charset=utf-8", INDEX.as_bytes().to_vec()),
-        (Get, "/app.js") => respond_bytes(200, "text/javascript; charset=utf-8", APP.as_bytes().to_vec()),
-        (Get, "/api/info") => info(shared),
-        (Get, "/api/points") => with_model(shared, |m| json(&m.points)),
-        (Get, "/api/metrics") => metrics(shared),
-        (Get, "/api/grid.png") => grid(shared),
-        (Post, "/api/decode") => match body(&mut req) {
-            Ok(b) => decode(shared, &b),
-            Err(e) => e,
-        },
-        (Post, "/api/interpolate") => match body(&mut req) {
-            Ok(b) => interpolate(shared, &b),
-            Err(e) => e,
-        },
+fn handle(shared: &Arc<Shared>, req: Request) -> Reply {
+    let path = req.path.as_str();
+    let resp = match (req.method.as_str(), path) {
+        ("GET", "/api/events") => return events(shared.clone()),
+        ("GET", "/") | ("GET", "/index.html") => respond_bytes(200, "text/html; charset=utf-8", INDEX.as_bytes().to_vec()),
+        ("GET", "/app.js") => respond_bytes(200, "text/javascript; charset=utf-8", APP.as_bytes().to_vec()),
+        ("GET", "/api/info") => info(shared),
+        ("GET", "/api/points") => with_model(shared, |m| json(&m.points)),
+        ("GET", "/api/metrics") => metrics(shared),
+        ("GET", "/api/grid.png") => grid(shared),
+        ("POST", "/api/decode") => decode(shared, &req.body),
+        ("POST", "/api/interpolate") => interpolate(shared, &req.body),
         (
             _,
             "/" | "/index.html" | "/app.js" | "/api/info" | "/api/points" | "/api/metrics" | "/api/grid.png" | "/api/decode"
-            | "/api/interpolate",
-        ) => error(405, &format!("{path} does not take {}", req.method())),
+            | "/api/interpolate" | "/api/events",
+        ) => error(405, &format!("{path} does not take {}", req.method)),
         _ => error(404, &format!("no page {path}")),
     };
-    let _ = req.respond(resp);
-}
-
-/// The request body, refused past `MAX_BODY`.
-fn body(req: &mut tiny_http::Request) -> Result<Vec<u8>, Response> {
-    if req.body_length().is_some_and(|n| n as u64 > MAX_BODY) {
-        return Err(error(413, &format!("the body is over {MAX_BODY} bytes")));
-    }
-    let mut b = Vec::new();
-    req.as_reader().take(MAX_BODY + 1).read_to_end(&mut b).map_err(|e| error(400, &format!("cannot read the body: {e}")))?;
-    if b.len() as u64 > MAX_BODY {
-        return Err(error(413, &format!("the body is over {MAX_BODY} bytes")));
-    }
-    Ok(b)
+    Reply::Whole(resp)
 }
 
 /// Why there is no model to answer with: not ready yet (loading, no checkpoint yet) is
@@ -312,6 +233,8 @@ fn info(shared: &Shared) -> Response {
         "status": shared.status.read().unwrap_or_else(|e| e.into_inner()).text.clone(),
         "training": shared.run_dir.is_some(),
         "live": shared.live.as_ref().map(|l| l.get()),
+        // For `cvae load`, which watches the server's memory under load.
+        "rss_bytes": crate::load::rss_bytes(),
     }))
 }
 
@@ -442,8 +365,11 @@ fn interpolate(shared: &Shared, body: &[u8]) -> Response {
 
 /// Server-sent events: `metrics` when metrics.csv grows, `model` when the model
 /// reloads, and `progress` every second while a run in this process trains.
-fn events(shared: &Shared, req: tiny_http::Request) {
-    let mut w = req.into_writer();
+fn events(shared: Arc<Shared>) -> Reply {
+    Reply::Stream(Box::new(move |w| stream_events(&shared, w)))
+}
+
+fn stream_events(shared: &Shared, w: &mut dyn Write) {
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
     if w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_err() {
         return;
@@ -554,7 +480,14 @@ fn serve_model(opts: &ServeOptions, shared: &Shared, rx: &Receiver<Job>, s: &Ses
     *shared.model.write().unwrap_or_else(|e| e.into_inner()) = Some(view);
     *shared.status.write().unwrap_or_else(|e| e.into_inner()) = Status { text: "ready".into(), soon: false };
     let latent = s.model.latent;
+    // Beside a training run in this process, decodes take turns with the training
+    // steps: on a software driver (or a small GPU) every decode is time the training
+    // loses, and a page following the pointer at 60 events a second cost it 7-14 %.
+    let pace = if shared.live.is_some() { TRAINING_PACE } else { Duration::ZERO };
+    let mut last = std::time::Instant::now() - pace;
     while !shared.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(pace.saturating_sub(last.elapsed()));
+        last = std::time::Instant::now();
         let first = match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(j) => j,
             Err(RecvTimeoutError::Timeout) => {

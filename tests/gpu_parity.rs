@@ -215,9 +215,19 @@ fn conv_test_cases(transpose: bool, variant: Variant, cases: &[ConvGeom]) {
         worst_k = (worst_k.0.max(e.0), worst_k.1.max(e.1));
         check_untouched(&grads, p.w_off..p.w_off + g.kernel_len(), &format!("{name}_backward_kernel"));
     }
-    eprintln!("PARITY {name}_forward ({variant:?}) max abs {:.2e} max rel {:.2e}", worst_f.0, worst_f.1);
-    eprintln!("PARITY {name}_backward_input ({variant:?}) max abs {:.2e} max rel {:.2e}", worst_i.0, worst_i.1);
-    eprintln!("PARITY {name}_backward_kernel ({variant:?}) max abs {:.2e} max rel {:.2e}", worst_k.0, worst_k.1);
+    eprintln!("PARITY [{}] {name}_forward ({variant:?}) max abs {:.2e} max rel {:.2e}", common::driver().name(), worst_f.0, worst_f.1);
+    eprintln!(
+        "PARITY [{}] {name}_backward_input ({variant:?}) max abs {:.2e} max rel {:.2e}",
+        common::driver().name(),
+        worst_i.0,
+        worst_i.1
+    );
+    eprintln!(
+        "PARITY [{}] {name}_backward_kernel ({variant:?}) max abs {:.2e} max rel {:.2e}",
+        common::driver().name(),
+        worst_k.0,
+        worst_k.1
+    );
 }
 
 fn conv2d_forward_backward_input_backward_kernel() {
@@ -346,7 +356,7 @@ fn dense_cases(variant: Variant) {
         }
     }
     for (name, w) in ["dense_forward", "dense_backward_input", "dense_backward_kernel"].iter().zip(worst) {
-        eprintln!("PARITY {name} ({variant:?}) max abs {:.2e} max rel {:.2e}", w.0, w.1);
+        eprintln!("PARITY [{}] {name} ({variant:?}) max abs {:.2e} max rel {:.2e}", common::driver().name(), w.0, w.1);
     }
 }
 
@@ -374,7 +384,12 @@ fn relu_backward_and_bias_backward() {
         check_untouched(&grads, 4..4 + channels, "bias_backward");
         let got = read(&dyb, rows * channels);
         assert_eq!(got, cpu::relu_backward(&dy, &y), "relu_backward rows {rows} channels {channels}");
-        eprintln!("PARITY bias_backward ({rows}x{channels}) max abs {:.2e} max rel {:.2e}; relu_backward exact", e.0, e.1);
+        eprintln!(
+            "PARITY [{}] bias_backward ({rows}x{channels}) max abs {:.2e} max rel {:.2e}; relu_backward exact",
+            common::driver().name(),
+            e.0,
+            e.1
+        );
     }
 }
 
@@ -417,7 +432,14 @@ fn relu_bias_backward_subgroup_masks_packs_and_sums() {
             &dot_bound(rows, &dk_mag),
         );
         assert_eq!(read(&dyb, rows * channels), masked, "{what}: dy's buffer must hold the masked dy");
-        eprintln!("PARITY {what}: bias max abs {:.2e} rel {:.2e}; kernel max abs {:.2e} rel {:.2e}", eb.0, eb.1, ek.0, ek.1);
+        eprintln!(
+            "PARITY [{}] {what}: bias max abs {:.2e} rel {:.2e}; kernel max abs {:.2e} rel {:.2e}",
+            common::driver().name(),
+            eb.0,
+            eb.1,
+            ek.0,
+            ek.1
+        );
     }
 }
 
@@ -449,7 +471,7 @@ fn sigmoid_cross_entropy_forward_backward_and_loss_reduce() {
             .map(|&c| pixels as f64 * (2f64.powi(-21) + 16.0 * U * 7.0) + 8.0 * (pixels as f64).sqrt() * U * c as f64)
             .collect();
         let e = assert_within(&format!("sigmoid_cross_entropy_forward batch {batch} pixels {pixels}"), &read(&ceb, batch), &ce_ref, &bound);
-        eprintln!("PARITY sigmoid_cross_entropy_forward max abs {:.2e} max rel {:.2e}", e.0, e.1);
+        eprintln!("PARITY [{}] sigmoid_cross_entropy_forward max abs {:.2e} max rel {:.2e}", common::driver().name(), e.0, e.1);
         let d_ref = cpu::loss::sigmoid_cross_entropy_backward(&logits, &targets, recon_scale / batch as f32);
         // sigmoid through exp: a few ULP of the result, plus the rounding of the scale.
         let bound: Vec<f64> = d_ref.iter().map(|&d| 32.0 * U * (d.abs() as f64 + (recon_scale / batch as f32) as f64)).collect();
@@ -459,7 +481,7 @@ fn sigmoid_cross_entropy_forward_backward_and_loss_reduce() {
             &d_ref,
             &bound,
         );
-        eprintln!("PARITY sigmoid_cross_entropy_backward max abs {:.2e} max rel {:.2e}", e.0, e.1);
+        eprintln!("PARITY [{}] sigmoid_cross_entropy_backward max abs {:.2e} max rel {:.2e}", common::driver().name(), e.0, e.1);
         // loss_reduce from the GPU's own ce, so only the reduction is compared.
         let ce_gpu = read(&ceb, batch);
         let loss_ref = cpu::loss::loss_reduce(&ce_gpu, &kl, recon_scale);
@@ -467,7 +489,7 @@ fn sigmoid_cross_entropy_forward_backward_and_loss_reduce() {
         let got = read(&lossb, 4);
         assert_eq!((got[0], got[1], got[3]), (0.0, 0.0, 0.0), "loss_reduce wrote outside its slot");
         let e = assert_within("loss_reduce", &got[2..3], &[loss_ref], &dot_bound(2 * batch, &[mag]));
-        eprintln!("PARITY loss_reduce max abs {:.2e} max rel {:.2e}", e.0, e.1);
+        eprintln!("PARITY [{}] loss_reduce max abs {:.2e} max rel {:.2e}", common::driver().name(), e.0, e.1);
     }
 }
 
@@ -511,7 +533,7 @@ fn kl_mc_and_analytic_forward_backward() {
             .collect();
         let bound: Vec<f64> = mc_mag.iter().map(|&m| 32.0 * (latent as f64).sqrt() * U * m as f64 + 1e-30).collect();
         let e = assert_within(&format!("kl_mc_forward batch {batch} latent {latent}"), &read(&kmc, batch), &mc_ref, &bound);
-        eprintln!("PARITY kl_mc_forward max abs {:.2e} max rel {:.2e}", e.0, e.1);
+        eprintln!("PARITY [{}] kl_mc_forward max abs {:.2e} max rel {:.2e}", common::driver().name(), e.0, e.1);
         let an_ref = cpu::kl::kl_analytic_forward(&enc, latent, kl_scale);
         let an_mag: Vec<f32> = enc
             .chunks(2 * latent)
@@ -519,7 +541,7 @@ fn kl_mc_and_analytic_forward_backward() {
             .collect();
         let bound: Vec<f64> = an_mag.iter().map(|&m| 32.0 * (latent as f64).sqrt() * U * m as f64).collect();
         let e = assert_within(&format!("kl_analytic_forward batch {batch} latent {latent}"), &read(&kan, batch), &an_ref, &bound);
-        eprintln!("PARITY kl_analytic_forward max abs {:.2e} max rel {:.2e}", e.0, e.1);
+        eprintln!("PARITY [{}] kl_analytic_forward max abs {:.2e} max rel {:.2e}", common::driver().name(), e.0, e.1);
         // Backward: a few products of exp() results and inputs of size <= ~10; 32 ULP of the
         // largest term. The largest term is bounded by |dz| e^|lv| |eps| + scale (z-m)^2 e^-lv.
         for (name, got, want) in [
@@ -541,7 +563,7 @@ fn kl_mc_and_analytic_forward_backward() {
                 })
                 .collect();
             let e = assert_within(&format!("{name} batch {batch} latent {latent}"), &got, &want, &bound);
-            eprintln!("PARITY {name} max abs {:.2e} max rel {:.2e}", e.0, e.1);
+            eprintln!("PARITY [{}] {name} max abs {:.2e} max rel {:.2e}", common::driver().name(), e.0, e.1);
         }
     }
 }
@@ -566,7 +588,7 @@ fn rng_stream_and_reparameterize_match_the_cpu() {
         let want = rng.normals(stream, step, n);
         let bound: Vec<f64> = want.iter().map(|&z| common::normal_bound(z)).collect();
         let e = assert_within(&format!("rng normals seed {seed}"), &read(&normals, n), &want, &bound);
-        eprintln!("PARITY rng_stream bits exact; normals max abs {:.2e} max rel {:.2e}", e.0, e.1);
+        eprintln!("PARITY [{}] rng_stream bits exact; normals max abs {:.2e} max rel {:.2e}", common::driver().name(), e.0, e.1);
     }
     // reparameterize draws the same eps and forms z = m + e^(lv/2) eps.
     let (batch, latent, seed, step) = (9, 50, 11u64, 31u32);
@@ -587,7 +609,7 @@ fn rng_stream_and_reparameterize_match_the_cpu() {
         })
         .collect();
     let e = assert_within("reparameterize z", &read(&zb, batch * latent), &z_ref, &bound);
-    eprintln!("PARITY reparameterize max abs {:.2e} max rel {:.2e}", e.0, e.1);
+    eprintln!("PARITY [{}] reparameterize max abs {:.2e} max rel {:.2e}", common::driver().name(), e.0, e.1);
     // cvae eval's noise: indexed by the image's place (batch_start + row), not the row.
     let first = 4321;
     let sb = step_buffer(StepUniform { step, batch_start: first as u32, ..Default::default() });
@@ -595,7 +617,7 @@ fn rng_stream_and_reparameterize_match_the_cpu() {
     let eps_ref = rng.image_normals(Stream::Importance, step, first, batch, latent);
     let bound: Vec<f64> = eps_ref.iter().map(|&z| common::normal_bound(z)).collect();
     let e = assert_within("reparameterize eps by image", &read(&epsb, batch * latent), &eps_ref, &bound);
-    eprintln!("PARITY reparameterize by image max abs {:.2e} max rel {:.2e}", e.0, e.1);
+    eprintln!("PARITY [{}] reparameterize by image max abs {:.2e} max rel {:.2e}", common::driver().name(), e.0, e.1);
 }
 
 /// Several optimizer steps on the GPU equal the CPU's; each step is a handful of
@@ -630,7 +652,7 @@ fn adam_update_and_rmsprop_update_over_several_steps() {
         let bound: Vec<f64> = params.iter().map(|&p| steps as f64 * 16.0 * U * (p.abs() as f64 + 10.0 * lr)).collect();
         let e = assert_within(&format!("{opt:?} after {steps} steps"), &read(&pb, n), &params, &bound);
         let name = if matches!(opt, cvae::model::Optimizer::Adam { .. }) { "adam_update" } else { "rmsprop_update" };
-        eprintln!("PARITY {name} ({steps} steps) max abs {:.2e} max rel {:.2e}", e.0, e.1);
+        eprintln!("PARITY [{}] {name} ({steps} steps) max abs {:.2e} max rel {:.2e}", common::driver().name(), e.0, e.1);
     }
 }
 
@@ -659,7 +681,7 @@ fn gather_images_matches_the_cpu() {
             assert_within("gather_images (grayscale)", &got, &want, &bound);
         }
     }
-    eprintln!("PARITY gather_images binarized exact, grayscale within 3 ULP");
+    eprintln!("PARITY [{}] gather_images binarized exact, grayscale within 3 ULP", common::driver().name());
 }
 
 fn every_entry_point_has_a_pipeline() {

@@ -667,3 +667,20 @@ fn a_burst_while_the_model_loads_gets_503_with_retry_after() {
     assert!(code == 200 || (code == 503 && v["error"] == "loading the model"), "{code} {v}");
     server.stop();
 }
+
+/// `cvae load` runs clients against a server and reports answers by status, latency
+/// percentiles and the server's memory (what it measures is for people, not asserted).
+#[test]
+fn the_load_command_reports_on_a_server() {
+    let _v = common::validated("the_load_command_reports_on_a_server");
+    let server = start(Source::Pretrained(Pretrained::KerasVae), None, None);
+    let o = common::cvae(&["load", &server.url, "--clients", "4", "--seconds", "2"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    for says in ["4 clients for 2 s", "answers: 200: ", "no answer in time: 0", "decodes answered 200: p50 ", "server memory (RSS): "] {
+        assert!(out.contains(says), "the report lacks {says:?}:\n{out}");
+    }
+    let o = common::cvae(&["load", "localhost:1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    server.stop();
+}

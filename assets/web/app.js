@@ -139,9 +139,11 @@ function drawImages(canvas, images, count, width, height) {
 
 // One decode in flight at a time; a newer point replaces any that waits (the
 // server's queue is bounded too), so a fast pointer never piles up work.
-let inFlight = false, waiting = null, decoded = 0;
+// A 503 (the server is busy, or still loading) pauses decoding for its Retry-After;
+// then the pointer's latest point is decoded.
+let inFlight = false, waiting = null, decoded = 0, pausedUntil = 0;
 async function decodeAt(u, v) {
-  if (inFlight) { waiting = [u, v]; return; }
+  if (inFlight || performance.now() < pausedUntil) { waiting = [u, v]; return; }
   inFlight = true;
   try {
     const r = await getJSON("/api/decode", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ z: [latentAt(u, v)] }) });
@@ -150,6 +152,11 @@ async function decodeAt(u, v) {
     $("coords").textContent = `plane (${u.toFixed(2)}, ${v.toFixed(2)})`;
   } catch (e) {
     if (e.status !== 503) $("coords").textContent = e.message;
+    else {
+      const wait = 1000 * (e.retryAfter || 1);
+      pausedUntil = performance.now() + wait;
+      setTimeout(() => { if (waiting) { const w = waiting; waiting = null; decodeAt(...w); } }, wait);
+    }
   } finally {
     inFlight = false;
     if (waiting) { const w = waiting; waiting = null; decodeAt(...w); }
