@@ -131,8 +131,13 @@ impl Http {
     /// Stop accepting (open connections end with their next request or idle timeout).
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // The accept loop blocks in accept(): a connection of our own wakes it.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        // The accept loop blocks in accept(): a connection of our own wakes it (to
+        // loopback when listening on every address, which not every OS connects to).
+        let mut to = self.addr;
+        if to.ip().is_unspecified() {
+            to.set_ip(if to.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+        }
+        let _ = TcpStream::connect_timeout(&to, Duration::from_secs(1));
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
@@ -205,11 +210,21 @@ fn head_line(reader: &mut BufReader<TcpStream>) -> Result<Option<String>, (u16, 
 /// The next request and whether the connection closes after it; None when the client
 /// has closed (or idled out) between requests.
 fn read_request(reader: &mut BufReader<TcpStream>, stream: &TcpStream, max_body: u64) -> Result<Option<(Request, bool)>, (u16, String)> {
-    let first = match head_line(reader) {
-        Ok(Some(l)) if l.is_empty() => return read_request(reader, stream, max_body), // a stray CRLF between requests
-        Ok(Some(l)) => l,
-        Ok(None) | Err(_) => return Ok(None),
-    };
+    // Stray CRLFs between requests are allowed (RFC 9112, 2.2), a few of them.
+    let mut first = String::new();
+    for _ in 0..8 {
+        match head_line(reader) {
+            Ok(Some(l)) if l.is_empty() => continue,
+            Ok(Some(l)) => {
+                first = l;
+                break;
+            }
+            Ok(None) | Err(_) => return Ok(None),
+        }
+    }
+    if first.is_empty() {
+        return Ok(None);
+    }
     let mut parts = first.split(' ');
     let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err((400, format!("not an HTTP request line: {first:?}")));
