@@ -193,10 +193,16 @@ fn rank(adapter: &wgpu::Adapter, index: usize) -> (u8, u8, u8, usize) {
     };
     // GL lacks compute features we like to have; prefer the native APIs.
     let backend = u8::from(info.backend == wgpu::Backend::Gl);
-    let lanes = adapter.features().contains(wgpu::Features::SUBGROUP)
+    (kind, backend, u8::from(!subgroups_fit(adapter)), index)
+}
+
+/// Whether the adapter has subgroups of exactly the width the subgroup kernels are
+/// written for: there cvae asks for the feature and offers that family.
+fn subgroups_fit(adapter: &wgpu::Adapter) -> bool {
+    let info = adapter.get_info();
+    adapter.features().contains(wgpu::Features::SUBGROUP)
         && info.subgroup_min_size == SUBGROUP_LANES
-        && info.subgroup_max_size == SUBGROUP_LANES;
-    (kind, backend, u8::from(!lanes), index)
+        && info.subgroup_max_size == SUBGROUP_LANES
 }
 
 /// The adapter `choice` names, or an error that lists the adapters there are.
@@ -292,11 +298,10 @@ impl Gpu {
         // kernels are written for subgroups of exactly 8 lanes, so elsewhere the feature
         // is not asked for and their file is neither parsed nor built: SwiftShader (4
         // lanes) exhausted the host's memory compiling its unrolled kernels.
-        let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
-        if info.subgroup_min_size == SUBGROUP_LANES && info.subgroup_max_size == SUBGROUP_LANES {
-            wanted |= wgpu::Features::SUBGROUP;
+        let mut features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        if subgroups_fit(&adapter) {
+            features |= wgpu::Features::SUBGROUP;
         }
-        let features = adapter.features() & wanted;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("cvae"),
             required_features: features,
