@@ -44,11 +44,11 @@ impl Response {
 }
 
 /// What a handler answers: a response, after which the connection waits for the next
-/// request, or a stream (server-sent events) that writes until it returns, after which
-/// the connection closes.
+/// request, or a stream (server-sent events) of this type: its head is written here,
+/// then `write` writes the body until it returns, and the connection closes.
 pub enum Reply {
     Whole(Response),
-    Stream(Streamer),
+    Stream { mime: &'static str, write: Streamer },
 }
 
 /// What writes an event stream to the connection.
@@ -174,9 +174,12 @@ fn connection(stream: TcpStream, limits: Limits, handler: &Handler, refuse: Refu
                     return;
                 }
             }
-            Reply::Stream(f) => {
+            Reply::Stream { mime, write } => {
+                let head = Response::new(200, mime, Vec::new());
                 let mut w = &stream;
-                f(&mut w);
+                if w.write_all(&head_bytes(&head, None, true)).and_then(|_| w.flush()).is_ok() {
+                    write(&mut w);
+                }
                 return;
             }
         }
@@ -283,17 +286,27 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// The whole response in one write.
-fn write_response(stream: &TcpStream, r: &Response, close: bool) -> std::io::Result<()> {
-    let mut out = format!("HTTP/1.1 {} {}\r\nServer: cvae\r\nContent-Length: {}\r\n", r.status, reason(r.status), r.body.len());
+/// The status line and headers of `r`; with its length, or none for a stream that ends
+/// when the connection closes.
+fn head_bytes(r: &Response, length: Option<usize>, close: bool) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {} {}\r\n", r.status, reason(r.status));
     for (name, value) in &r.headers {
         out += &format!("{name}: {value}\r\n");
     }
+    if let Some(n) = length {
+        out += &format!("Content-Length: {n}\r\n");
+    }
+    out += "Server: cvae\r\n";
     if close {
         out += "Connection: close\r\n";
     }
     out += "\r\n";
-    let mut bytes = out.into_bytes();
+    out.into_bytes()
+}
+
+/// The whole response in one write.
+fn write_response(stream: &TcpStream, r: &Response, close: bool) -> std::io::Result<()> {
+    let mut bytes = head_bytes(r, Some(r.body.len()), close);
     bytes.extend_from_slice(&r.body);
     let mut w = stream;
     w.write_all(&bytes)?;

@@ -157,13 +157,9 @@ pub fn start(opts: ServeOptions, live: Option<Arc<Live>>) -> Result<Server> {
     Ok(Server { url: format!("http://{}/", http.addr), stop, http, worker: Some(worker) })
 }
 
-fn respond_bytes(status: u16, mime: &str, body: Vec<u8>) -> Response {
-    Response::new(status, mime, body)
-}
-
 fn json<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
-        Ok(b) => respond_bytes(200, "application/json", b),
+        Ok(b) => Response::new(200, "application/json", b),
         Err(e) => error(500, &format!("cannot write the answer: {e}")),
     }
 }
@@ -175,7 +171,7 @@ const RETRY_AFTER: &str = "1";
 /// not ready yet) says when to ask again.
 fn error(status: u16, message: &str) -> Response {
     let body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
-    let r = respond_bytes(status, "application/json", body);
+    let r = Response::new(status, "application/json", body);
     if status == 503 {
         r.with_header("Retry-After", RETRY_AFTER)
     } else {
@@ -187,8 +183,8 @@ fn handle(shared: &Arc<Shared>, req: Request) -> Reply {
     let path = req.path.as_str();
     let resp = match (req.method.as_str(), path) {
         ("GET", "/api/events") => return events(shared.clone()),
-        ("GET", "/") | ("GET", "/index.html") => respond_bytes(200, "text/html; charset=utf-8", INDEX.as_bytes().to_vec()),
-        ("GET", "/app.js") => respond_bytes(200, "text/javascript; charset=utf-8", APP.as_bytes().to_vec()),
+        ("GET", "/") | ("GET", "/index.html") => Response::new(200, "text/html; charset=utf-8", INDEX.as_bytes().to_vec()),
+        ("GET", "/app.js") => Response::new(200, "text/javascript; charset=utf-8", APP.as_bytes().to_vec()),
         ("GET", "/api/info") => info(shared),
         ("GET", "/api/points") => with_model(shared, |m| json(&m.points)),
         ("GET", "/api/metrics") => metrics(shared),
@@ -261,7 +257,7 @@ fn grid(shared: &Shared) -> Response {
     let Some(dir) = &shared.run_dir else { return error(404, "no run folder: no epoch grids") };
     let newest = crate::images::epoch_images(dir).ok().and_then(|v| v.last().cloned());
     match newest.and_then(|p| std::fs::read(p).ok()) {
-        Some(b) => respond_bytes(200, "image/png", b),
+        Some(b) => Response::new(200, "image/png", b),
         None => error(404, "no epoch grid yet"),
     }
 }
@@ -366,14 +362,10 @@ fn interpolate(shared: &Shared, body: &[u8]) -> Response {
 /// Server-sent events: `metrics` when metrics.csv grows, `model` when the model
 /// reloads, and `progress` every second while a run in this process trains.
 fn events(shared: Arc<Shared>) -> Reply {
-    Reply::Stream(Box::new(move |w| stream_events(&shared, w)))
+    Reply::Stream { mime: "text/event-stream", write: Box::new(move |w| stream_events(&shared, w)) }
 }
 
 fn stream_events(shared: &Shared, w: &mut dyn Write) {
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
-    if w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_err() {
-        return;
-    }
     let (mut rows_sent, mut epoch_sent) = (usize::MAX, u32::MAX);
     while !shared.stop.load(Ordering::SeqCst) {
         let mut out = String::new();
@@ -486,8 +478,6 @@ fn serve_model(opts: &ServeOptions, shared: &Shared, rx: &Receiver<Job>, s: &Ses
     let pace = if shared.live.is_some() { TRAINING_PACE } else { Duration::ZERO };
     let mut last = std::time::Instant::now() - pace;
     while !shared.stop.load(Ordering::SeqCst) {
-        std::thread::sleep(pace.saturating_sub(last.elapsed()));
-        last = std::time::Instant::now();
         let first = match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(j) => j,
             Err(RecvTimeoutError::Timeout) => {
@@ -498,6 +488,9 @@ fn serve_model(opts: &ServeOptions, shared: &Shared, rx: &Receiver<Job>, s: &Ses
             }
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
+        // The batch starts a pace after the last one; what arrives meanwhile joins it.
+        std::thread::sleep(pace.saturating_sub(last.elapsed()));
+        last = std::time::Instant::now();
         // Whatever else waits goes into the same decode.
         let mut jobs = vec![first];
         while let Ok(j) = rx.try_recv() {
