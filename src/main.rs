@@ -521,11 +521,9 @@ fn serve_options(source: inspect::Source, listen: &Listen, adapter: AdapterChoic
 }
 
 fn load(a: LoadArgs) -> Result<ExitCode> {
-    if let Err(e) = cvae::load::check_url(&a.url) {
-        cvae::usage!("{e}");
-    }
-    if a.timeout.is_nan() || a.timeout <= 0.0 || a.hz.is_nan() || a.hz < 0.0 {
-        cvae::usage!("--timeout must be above 0 seconds and --hz at least 0");
+    // Both become Durations, which panic on NaN, infinity or overflow.
+    if !(a.timeout.is_finite() && a.hz.is_finite()) || a.timeout <= 0.0 || a.timeout > 1e9 || a.hz < 0.0 {
+        cvae::usage!("--timeout must be a number of seconds above 0 and --hz a number at least 0");
     }
     let opts = cvae::load::LoadOptions {
         url: a.url,

@@ -34,6 +34,13 @@ fn nonsense_flags_are_usage_errors() {
     fails(&["train", "--train-size", "70000", "--out", o], 2, "--train-size 70000 is more than the 60000 training images");
     fails(&["train", "--no-such-flag"], 2, "unexpected argument");
     fails(&["train", "--preset", "resnet"], 2, "invalid value 'resnet'");
+    // cvae load: durations that are not numbers of seconds are refused, not a panic.
+    let server = "http://127.0.0.1:1/";
+    fails(&["load", server, "--seconds", "nan"], 2, "--seconds must be above 0");
+    fails(&["load", server, "--seconds", "1e300"], 2, "--seconds must be above 0");
+    fails(&["load", server, "--timeout", "inf"], 2, "--timeout must be a number of seconds");
+    fails(&["load", server, "--hz", "nan"], 2, "--hz a number at least 0");
+    fails(&["load", "localhost:1"], 2, "is not an http:// address");
     // An output "folder" that is a file.
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let file = out.with_extension("txt");

@@ -340,29 +340,26 @@ fn tolerated(message: &str) -> bool {
     message.contains("VUID-StandaloneSpirv-None-10684") && message.contains("the Workgroup storage class has an explicit layout")
 }
 
-/// How many messages of the tolerated kind the logs hold: proof that the layer is on.
-pub fn tolerated_messages() -> usize {
-    let logs = LOGS.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    logs.iter()
-        .filter_map(|l| std::fs::read_to_string(l).ok())
-        .map(|t| t.split("Validation ").skip(1).filter(|m| tolerated(m)).count())
-        .sum()
-}
-
-/// The validation messages so far in every log of this process, but the tolerated kind.
-pub fn validation_messages() -> Vec<String> {
+/// Every message in the validation logs of this process and its cvae children so far,
+/// each as "log path: message".
+fn logged_messages() -> Vec<String> {
     let logs = LOGS.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut out = Vec::new();
     for log in logs {
         let Ok(text) = std::fs::read_to_string(&log) else { continue };
-        for m in text.split("Validation ").skip(1) {
-            let m = format!("Validation {}", m.trim());
-            if !tolerated(&m) {
-                out.push(format!("{}: {m}", log.display()));
-            }
-        }
+        out.extend(text.split("Validation ").skip(1).map(|m| format!("{}: Validation {}", log.display(), m.trim())));
     }
     out
+}
+
+/// How many messages of the tolerated kind the logs hold: proof that the layer is on.
+pub fn tolerated_messages() -> usize {
+    logged_messages().iter().filter(|m| tolerated(m)).count()
+}
+
+/// The validation messages so far in every log of this process, but the tolerated kind.
+pub fn validation_messages() -> Vec<String> {
+    logged_messages().into_iter().filter(|m| !tolerated(m)).collect()
 }
 
 /// Fail if the validation layer has reported anything but the tolerated kind.
